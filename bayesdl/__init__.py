@@ -5,8 +5,13 @@
     idata = bayesdl.load("runs/eight_schools-nuts")
 """
 
-from bayesdl.api import infer, load
-from bayesdl.errors import BayesdlError
+import warnings
+
+# ArviZ 0.2x announces its 1.0 refactor on import; it is noise for bayesdl's users.
+warnings.filterwarnings("ignore", message="\nArviZ is undergoing", category=FutureWarning)
+
+from bayesdl.api import infer, load  # noqa: E402
+from bayesdl.errors import BayesdlError  # noqa: E402
 
 __all__ = ["infer", "load", "BayesdlError", "__version__"]
 __version__ = "0.1.0"

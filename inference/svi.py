@@ -97,24 +97,26 @@ def fit_svi(spec: ModelSpec, options: SVIOptions, seed: int = 0,
     return SVIFit(guide, losses, converged)
 
 
-def latent_site_names(model: Callable[..., Any], data: dict[str, Any]) -> list[str]:
-    """Names of the model's unobserved sample sites, in execution order."""
+def latent_site_shapes(model: Callable[..., Any], data: dict[str, Any]) -> dict[str, tuple]:
+    """Shapes of the model's unobserved sample sites, in execution order."""
     with poutine.block():
         trace = poutine.trace(model).get_trace(**data)
-    return [n for n, s in trace.iter_stochastic_nodes()
-            if not s["is_observed"] and not site_is_subsample(s)]
+    return {n: tuple(s["value"].shape) for n, s in trace.iter_stochastic_nodes()
+            if not s["is_observed"] and not site_is_subsample(s)}
 
 
 def draw_from_guide(spec: ModelSpec, guide: Callable[..., Any], num: int) -> dict[str, torch.Tensor]:
     """``num`` joint draws of the latent sites from ``guide`` (vectorised when possible)."""
-    names = latent_site_names(spec.model, spec.data)
+    shapes = latent_site_shapes(spec.model, spec.data)
+    names = list(shapes)
     try:
         out = Predictive(spec.model, guide=guide, num_samples=num, return_sites=names,
                          parallel=True)(**spec.data)
     except Exception:  # noqa: BLE001 - a model that does not vectorise draws one at a time
         out = Predictive(spec.model, guide=guide, num_samples=num, return_sites=names,
                          parallel=False)(**spec.data)
-    return {n: out[n].detach() for n in names}
+    # a vectorised Predictive adds singleton plate dims: restore each site's own shape
+    return {n: out[n].detach().reshape(num, *shapes[n]) for n in names}
 
 
 def run_svi(spec: ModelSpec, options: SVIOptions, settings: RunSettings) -> Samples:
