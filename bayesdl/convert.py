@@ -70,7 +70,7 @@ def _dims_that_fit(dims: dict[str, list[str]], posterior: dict[str, np.ndarray],
         else:
             continue
         if len(shape) == len(names) and all(
-            d not in coords or len(coords[d]) == n for d, n in zip(names, shape)
+            d not in coords or len(coords[d]) == n for d, n in zip(names, shape, strict=True)
         ):
             out[name] = names
     return out

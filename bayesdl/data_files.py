@@ -65,7 +65,7 @@ def _read_csv(path: Path) -> dict[str, Any]:
             raise BayesdlError(
                 f"data file {str(path)!r} line {line}: {len(row)} fields, header has {len(header)}"
             )
-        for name, cell in zip(header, row):
+        for name, cell in zip(header, row, strict=True):
             try:
                 columns[name].append(float(cell))
             except ValueError:

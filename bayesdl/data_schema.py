@@ -44,7 +44,7 @@ def validate_data(data: dict[str, Any], schema: dict[str, DataField], model: str
             )
         if field.kind == "int" and np.any(value != np.round(value)):
             raise BayesdlError(f"data {key!r} for model {model!r} must hold integers")
-        for axis, length in zip(field.dims, value.shape):
+        for axis, length in zip(field.dims, value.shape, strict=True):
             if axis in axis_lengths and axis_lengths[axis][0] != length:
                 other_length, other_key = axis_lengths[axis]
                 raise BayesdlError(

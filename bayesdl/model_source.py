@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import importlib.util
 import inspect
-
 import traceback
 import warnings
 from collections.abc import Callable

@@ -1,4 +1,4 @@
-"""A model file for the command line: `bayesdl infer examples/my_model.py:model --data examples/my_data.csv`.
+"""A model file for the CLI: `bayesdl infer examples/my_model.py:model --data examples/my_data.csv`.
 
 Data columns arrive as keyword arguments (x, y); a function named `guide` (or
 `model_guide`) in the same file is used by `--method svi`.

@@ -102,7 +102,7 @@ class BatchedPotential:
         parts = torch.split(flat, self.sizes, dim=-1)
         return {
             name: part.reshape((*batch, *self.shapes[name]))
-            for name, part in zip(self.latent_sites, parts)
+            for name, part in zip(self.latent_sites, parts, strict=True)
         }
 
     def ravel(self, values: dict[str, torch.Tensor], batch_ndim: int = 1) -> torch.Tensor:
