@@ -52,8 +52,9 @@ def infer(
     ``model`` is a Pyro callable, a built-in name (``"eight_schools"``) or
     ``"path/file.py:fn"``; ``data`` a dict of arrays or a CSV/JSON/NPZ path (built-ins
     bring their own); ``args`` sets model arguments (``{"centered": True}``); other
-    keywords are the method's options (``jit=True``, ``guide="delta"``). Chain ``c``
-    is seeded ``seed + c``. With ``out``, the run directory is written there.
+    keywords are the method's options (``jit=True``, ``guide="delta"``). Chain 0 is
+    seeded ``seed`` and chain ``c`` ``chain_seed(seed, c)`` (listed in
+    ``posterior.attrs["chain_seeds"]``). With ``out``, the run directory is written there.
     """
     for name, value, low in (("chains", chains, 1), ("draws", draws, 1), ("warmup", warmup, 0)):
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
@@ -63,7 +64,7 @@ def infer(
     run_method = get_method(method)
     method_options = build_options(run_method.options, options, method)
     torch_device, torch_dtype = resolve_device(device), resolve_dtype(dtype)
-    run_dir = choose_run_dir(out, _model_label(model), method) if out is not None else None
+    run_dir = choose_run_dir(out, model_label(model), method) if out is not None else None
     settings = RunSettings(chains, warmup, draws, seed, torch_device, torch_dtype, progress)
     started = time.perf_counter()
     with run_context(torch_device, torch_dtype):
@@ -92,7 +93,8 @@ def _run_method(run_method, spec, options, settings: RunSettings) -> Samples:
         raise
 
 
-def _model_label(model: Any) -> str:
+def model_label(model: Any) -> str:
+    """A short name for run directories: the built-in name, ``file-function`` or ``__name__``."""
     if callable(model):
         return getattr(model, "__name__", "model")
     text = str(model)

@@ -53,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--chains", type=int, default=4, help="number of chains (default 4)")
     run.add_argument("--warmup", type=int, default=1000, help="warm-up iterations (default 1000)")
     run.add_argument("--draws", type=int, default=1000, help="draws kept per chain (default 1000)")
-    run.add_argument("--seed", type=int, default=0, help="seed; chain c uses seed + c (default 0)")
+    run.add_argument("--seed", type=int, default=0, help="seed (default 0); chain 0 uses it, the others seeds derived from it")
     run.add_argument("--device", choices=["cpu", "cuda"], default=None,
                      help="default: cuda when available, else cpu")
     run.add_argument("--dtype", choices=["float64", "float32"], default="float64",
@@ -111,15 +111,13 @@ def _print_summary(idata, as_json: bool, run_dir: Path | None) -> None:
 
 
 def _cmd_infer(ns: argparse.Namespace) -> None:
-    from bayesdl.api import infer
+    from bayesdl.api import infer, model_label
     from bayesdl.options import parse_key_values
     from bayesdl.runs import choose_run_dir
 
     args = parse_key_values(ns.arg, "--arg")
     options = parse_key_values(ns.opt, "--opt")
-    label = ns.model.rpartition(":")[2] if ":" in ns.model else Path(ns.model).stem
-    label = f"{Path(ns.model.rpartition(':')[0]).stem}-{label}" if ":" in ns.model else label
-    run_dir = choose_run_dir(ns.out, label, ns.method)
+    run_dir = choose_run_dir(ns.out, model_label(ns.model), ns.method)
     idata = infer(ns.model, ns.data, method=ns.method, chains=ns.chains, warmup=ns.warmup,
                   draws=ns.draws, seed=ns.seed, device=ns.device, dtype=ns.dtype,
                   progress=not ns.no_progress and sys.stderr.isatty(), args=args,

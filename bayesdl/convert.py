@@ -28,6 +28,8 @@ def _attr(value: Any) -> Any:
         return int(value)
     if isinstance(value, (int, float, str)):
         return value
+    if isinstance(value, (list, tuple)) and value and all(isinstance(v, int) for v in value):
+        return np.asarray(value, dtype=np.int64)
     if isinstance(value, (list, tuple)) and all(isinstance(v, (int, float)) for v in value):
         return np.asarray(value, dtype=float)
     return None
@@ -54,6 +56,7 @@ def to_inference_data(samples: Samples, spec: ModelSpec, predictive: bool = Fals
         dims=_dims_that_fit(dims, posterior, observed, coords),
         coords=coords,
         attrs=attrs,
+        posterior_attrs=dict(attrs),  # `attrs` alone does not reach the posterior group
     )
     return idata
 

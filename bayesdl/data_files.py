@@ -47,10 +47,12 @@ def read_data_file(path: str | Path) -> dict[str, Any]:
 
 def _read_csv(path: Path) -> dict[str, Any]:
     try:
-        with path.open(newline="") as handle:
+        with path.open(newline="", encoding="utf-8-sig") as handle:  # -sig: Excel's BOM
             rows = list(csv.reader(handle))
     except UnicodeDecodeError:
         raise BayesdlError(f"data file {str(path)!r} is not a text CSV file") from None
+    except csv.Error as error:  # e.g. a field over csv's size limit
+        raise BayesdlError(f"data file {str(path)!r} is not a readable CSV file: {error}") from None
     rows = [row for row in rows if any(cell.strip() for cell in row)]
     if not rows:
         raise BayesdlError(f"data file {str(path)!r} is empty")
@@ -98,9 +100,11 @@ def _stack_indexed_columns(columns: dict[str, np.ndarray], path: Path) -> dict[s
 
 def _read_json(path: Path) -> dict[str, Any]:
     try:
-        raw = json.loads(path.read_text())
+        raw = json.loads(path.read_text(encoding="utf-8-sig"))
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise BayesdlError(f"data file {str(path)!r} is not valid JSON: {error}") from None
+    except RecursionError:
+        raise BayesdlError(f"data file {str(path)!r}: JSON nested too deeply") from None
     if not isinstance(raw, dict):
         raise BayesdlError(f"data file {str(path)!r}: expected a JSON object of named values")
     return {key: _json_value(key, value, path) for key, value in raw.items()}
@@ -110,9 +114,15 @@ def _json_value(key: str, value: Any, path: Path) -> Any:
     if isinstance(value, bool) or value is None or isinstance(value, str):
         raise BayesdlError(f"data file {str(path)!r}: {key!r} is {value!r}, not a number or array")
     if isinstance(value, (int, float)):
+        if isinstance(value, int) and abs(value) >= 2**63:
+            raise BayesdlError(f"data file {str(path)!r}: {key!r} is too large an integer")
         return value
     try:
         array = np.asarray(value, dtype=float)
+    except OverflowError:
+        raise BayesdlError(
+            f"data file {str(path)!r}: {key!r} holds a number too large for a float"
+        ) from None
     except (ValueError, TypeError):
         raise BayesdlError(
             f"data file {str(path)!r}: {key!r} is not a rectangular array of numbers"
@@ -129,7 +139,9 @@ def _read_npz(path: Path) -> dict[str, Any]:
     except Exception as error:  # noqa: BLE001 - NumPy raises several types for bad archives
         raise BayesdlError(f"data file {str(path)!r} is not a readable .npz archive: {error}") from None
     for key, value in data.items():
-        if not (np.issubdtype(value.dtype, np.number) or value.dtype == bool):
+        if not isinstance(value, np.ndarray):  # a zip member that is not a .npy file
+            raise BayesdlError(f"data file {str(path)!r}: {key!r} is not a NumPy array")
+        if value.dtype.kind not in "biuf":  # not complex, strings, dates or records
             raise BayesdlError(f"data file {str(path)!r}: {key!r} has dtype {value.dtype}, not numeric")
     return {k: (v.item() if v.ndim == 0 else v) for k, v in data.items()}
 

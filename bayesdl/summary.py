@@ -8,7 +8,7 @@ import pandas as pd
 
 TABLE_COLUMNS = ["mean", "sd", "hdi_3%", "hdi_97%", "ess_bulk", "ess_tail", "r_hat"]
 R_HAT_LIMIT = 1.01
-MIN_ESS_PER_CHAIN = 100  # Vehtari et al. (2021): bulk and tail ESS >= 100 per chain
+MIN_ESS = 400  # Vehtari et al. (2021): bulk and tail ESS >= 400 (100 per chain for 4)
 
 
 def summarize(idata: az.InferenceData) -> pd.DataFrame:
@@ -34,9 +34,9 @@ def diagnose(idata: az.InferenceData, summary: pd.DataFrame) -> list[str]:
                         "run longer or reparameterise")
     if chains > 1:
         ess = summary[["ess_bulk", "ess_tail"]].min(axis=1).dropna()
-        low = ess[ess < MIN_ESS_PER_CHAIN * chains]
+        low = ess[ess < MIN_ESS]
         if len(low):
-            warnings.append(f"effective sample size below {MIN_ESS_PER_CHAIN * chains} "
+            warnings.append(f"effective sample size below {MIN_ESS} "
                             f"for {len(low)} parameter(s) (lowest {low.idxmin()}: {low.min():.0f})")
     stats = getattr(idata, "sample_stats", None)
     if stats is not None and "diverging" in stats:

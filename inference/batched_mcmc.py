@@ -40,6 +40,6 @@ def run_batched_mcmc(
     return Samples(
         draws=draws,
         stats=stats,
-        info={"method": method, "seed": settings.seed,
+        info={"method": method, "seed": settings.seed, "chain_seeds": settings.chain_seeds(),
               "sampling_time_s": time.perf_counter() - started},
     )

@@ -1,7 +1,7 @@
 """`nuts` and `hmc` through Pyro's own kernels, one chain at a time.
 
-Chain ``c`` runs with Pyro's global RNG seeded ``seed + c``, so a chain does not
-depend on the others. Pyro's kernels keep their per-step facts in private fields;
+Chain ``c`` runs with Pyro's global RNG seeded ``chain_seed(seed, c)``, so a chain
+does not depend on the others. Pyro's kernels keep their per-step facts in private fields;
 the small subclasses below record them (divergence, step size, acceptance, energy,
 leapfrog steps) under ArviZ's names. Our batched NUTS will replace these (issue 7).
 """
@@ -138,4 +138,5 @@ def run_pyro_hmc(spec: ModelSpec, options, settings: RunSettings, name: str) -> 
     if name == "nuts":
         stats["tree_depth"] = torch.floor(torch.log2(stats["n_steps"].clamp(min=1))) + 1
     return Samples(draws, stats, {"method": name, "seed": settings.seed,
+                                  "chain_seeds": settings.chain_seeds(),
                                   "sampling_time_s": time.perf_counter() - started})

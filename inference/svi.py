@@ -1,9 +1,15 @@
 """`svi`: stochastic variational inference with Trace_ELBO and Pyro's autoguides.
 
 The guide is the model's own when it has one, else ``AutoNormal``; ``guide=mvn``
-and ``guide=delta`` pick ``AutoMultivariateNormal`` and ``AutoDelta`` (MAP). Fitting
-stops when the mean loss of the last window differs from the window before by less
-than ``tol`` (relative), or after ``max_steps``. Draws come from the fitted guide.
+and ``guide=delta`` pick ``AutoMultivariateNormal`` and ``AutoDelta`` (MAP).
+
+Stopping: Adam at a constant learning rate leaves the parameters wandering around the
+optimum by about sqrt(lr) in their own units, and single-window comparisons of a
+noisy loss fire by chance. So the loss is averaged over windows of ``window`` steps;
+when ``patience`` windows in a row fail to beat the best window by ``tol`` (relative),
+the learning rate is divided by 10; after ``reductions`` such cuts the next plateau
+ends the fit (converged), as does ``max_steps`` (not converged). Draws come from the
+fitted guide.
 """
 
 from __future__ import annotations
@@ -39,6 +45,8 @@ class SVIOptions:
     max_steps: int = 20000
     tol: float = 1e-4
     window: int = 200
+    patience: int = 3
+    reductions: int = 2
     num_particles: int = 1
 
 
@@ -76,7 +84,8 @@ def fit_svi(spec: ModelSpec, options: SVIOptions, seed: int = 0,
     svi = SVI(spec.model, guide, pyro.optim.Adam({"lr": options.lr}),
               Trace_ELBO(num_particles=options.num_particles))
     losses: list[float] = []
-    converged = False
+    plateau = _Plateau(options.tol, max(options.patience, 1))
+    lr, cuts, converged = options.lr, 0, False
     window = max(options.window, 1)
     bar = tqdm(total=options.max_steps, desc="svi", disable=not progress, leave=False,
                dynamic_ncols=True, mininterval=0.5)
@@ -87,14 +96,43 @@ def fit_svi(spec: ModelSpec, options: SVIOptions, seed: int = 0,
             if not math.isfinite(losses[-1]):
                 raise BayesdlError(f"svi: the ELBO became {losses[-1]} at step {step + 1}; "
                                    "try a smaller --opt lr")
-            if step % window == window - 1 and len(losses) >= 2 * window:
-                recent = sum(losses[-window:]) / window
-                before = sum(losses[-2 * window:-window]) / window
-                bar.set_postfix(loss=f"{recent:.4g}")
-                if abs(recent - before) <= options.tol * max(abs(before), 1e-12):
-                    converged = True
-                    break
+            if step % window != window - 1:
+                continue
+            mean_loss = sum(losses[-window:]) / window
+            bar.set_postfix(loss=f"{mean_loss:.4g}", lr=f"{lr:.2g}")
+            if not plateau.update(mean_loss):
+                continue
+            if cuts == options.reductions:
+                converged = True
+                break
+            lr, cuts = lr / 10, cuts + 1
+            _set_learning_rate(svi.optim, lr)
+            plateau = _Plateau(options.tol, max(options.patience, 1))
     return SVIFit(guide, losses, converged)
+
+
+class _Plateau:
+    """Counts windows that fail to beat the best window mean by ``tol`` (relative)."""
+
+    def __init__(self, tol: float, patience: int):
+        self.tol, self.patience = tol, patience
+        self.best, self.stale = math.inf, 0
+
+    def update(self, mean_loss: float) -> bool:
+        """Record a window mean; True once ``patience`` windows in a row did not improve."""
+        if mean_loss < self.best - self.tol * abs(self.best if math.isfinite(self.best) else 0):
+            self.best, self.stale = mean_loss, 0
+        else:
+            self.stale += 1
+        return self.stale >= self.patience
+
+
+def _set_learning_rate(optim: pyro.optim.PyroOptim, lr: float) -> None:
+    """Set ``lr`` on every per-parameter optimiser Pyro has made, and on later ones."""
+    optim.pt_optim_args["lr"] = lr
+    for optimiser in optim.optim_objs.values():
+        for group in optimiser.param_groups:
+            group["lr"] = lr
 
 
 def latent_site_shapes(model: Callable[..., Any], data: dict[str, Any]) -> dict[str, tuple]:
@@ -106,15 +144,17 @@ def latent_site_shapes(model: Callable[..., Any], data: dict[str, Any]) -> dict[
 
 
 def draw_from_guide(spec: ModelSpec, guide: Callable[..., Any], num: int) -> dict[str, torch.Tensor]:
-    """``num`` joint draws of the latent sites from ``guide`` (vectorised when possible)."""
+    """``num`` joint draws of the latent sites from ``guide``.
+
+    Only the guide is run (the model need not broadcast over a draw plate), vectorised
+    when the guide allows it, else one draw at a time.
+    """
     shapes = latent_site_shapes(spec.model, spec.data)
     names = list(shapes)
     try:
-        out = Predictive(spec.model, guide=guide, num_samples=num, return_sites=names,
-                         parallel=True)(**spec.data)
-    except Exception:  # noqa: BLE001 - a model that does not vectorise draws one at a time
-        out = Predictive(spec.model, guide=guide, num_samples=num, return_sites=names,
-                         parallel=False)(**spec.data)
+        out = Predictive(guide, num_samples=num, return_sites=names, parallel=True)(**spec.data)
+    except Exception:  # noqa: BLE001 - a guide that does not vectorise draws one at a time
+        out = Predictive(guide, num_samples=num, return_sites=names, parallel=False)(**spec.data)
     # a vectorised Predictive adds singleton plate dims: restore each site's own shape
     return {n: out[n].detach().reshape(num, *shapes[n]) for n in names}
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import pyro
 import pyro.distributions as dist
 import torch
-from pyro.distributions import constraints
+from pyro.distributions.transforms import OrderedTransform
 
 from bayesdl.data_schema import DataField
 from bayesdl.models.registry import bundled_json, register
@@ -63,7 +63,8 @@ def gp_pois_regr(N, x, k):
     dims={"beta": ["coefficient"], "kid_score": ["child"]},
 )
 def kidiq(N, kid_score, mom_iq):
-    beta = pyro.sample("beta", dist.ImproperUniform(constraints.real, (), (2,)))
+    # flat prior (Stan's implicit one): a masked density, so init can still sample it
+    beta = pyro.sample("beta", dist.Normal(0.0, 1.0).expand([2]).to_event(1).mask(False))
     sigma = pyro.sample("sigma", dist.HalfCauchy(2.5))
     with pyro.plate("child", N):
         pyro.sample("kid_score", dist.Normal(beta[0] + beta[1] * mom_iq, sigma), obs=kid_score)
@@ -77,7 +78,10 @@ def kidiq(N, kid_score, mom_iq):
     dims={"mu": ["component"], "sigma": ["component"], "y": ["obs"]},
 )
 def low_dim_gauss_mix(N, y):
-    mu = pyro.sample("mu", dist.ImproperUniform(constraints.ordered_vector, (), (2,)))
+    # flat on ordered vectors (masked, so init can sample it); the prior is the factor
+    ordered = dist.TransformedDistribution(dist.Normal(0.0, 1.0).expand([2]).to_event(1),
+                                           OrderedTransform())
+    mu = pyro.sample("mu", ordered.mask(False))
     pyro.factor("mu_prior", dist.Normal(0.0, 2.0).log_prob(mu).sum())
     sigma = pyro.sample("sigma", dist.HalfNormal(2.0).expand([2]).to_event(1))
     theta = pyro.sample("theta", dist.Beta(5.0, 5.0))
