@@ -53,7 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--chains", type=int, default=4, help="number of chains (default 4)")
     run.add_argument("--warmup", type=int, default=1000, help="warm-up iterations (default 1000)")
     run.add_argument("--draws", type=int, default=1000, help="draws kept per chain (default 1000)")
-    run.add_argument("--seed", type=int, default=0, help="seed (default 0); chain 0 uses it, the others seeds derived from it")
+    run.add_argument("--seed", type=int, default=0,
+                     help="seed (default 0); chain 0 uses it, the others seeds derived from it")
     run.add_argument("--device", choices=["cpu", "cuda"], default=None,
                      help="default: cuda when available, else cpu")
     run.add_argument("--dtype", choices=["float64", "float32"], default="float64",

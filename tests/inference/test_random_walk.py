@@ -21,13 +21,13 @@ import torch
 from pyro.infer import MCMC
 
 import bayesdl
-from bayesdl.inference.settings import chain_seed
 from bayesdl.device import run_context
 from bayesdl.inference import RandomWalkMH
 from bayesdl.inference.counter_rng import ChainRNG
 from bayesdl.inference.driver import run_kernel
 from bayesdl.inference.potential import BatchedPotential
 from bayesdl.inference.random_walk import RandomWalkKernel
+from bayesdl.inference.settings import chain_seed
 from bayesdl.models.regression import linear_regression_data
 
 NOISE = 0.5
