@@ -38,12 +38,8 @@ pytestmark = pytest.mark.filterwarnings("ignore:More chains:UserWarning")
 
 
 @pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small batched tensors: one intra-op thread avoids OpenMP contention on busy CI."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+def _one_thread(one_torch_thread):
+    """Every test here runs on one torch thread (see tests/conftest.py)."""
 
 
 def conjugate_posterior(num_points: int = 100) -> tuple[np.ndarray, np.ndarray]:

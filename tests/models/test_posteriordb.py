@@ -20,7 +20,6 @@ import math
 import multiprocessing
 import os
 import re
-from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -72,13 +71,8 @@ PARTS = 2  # processes per case; each runs chains // PARTS chains
 
 
 @pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    """One intra-op thread: these tensors are tiny, and with two threads some CPU kernels
-    (``tril`` in the Cholesky backward of gp_pois_regr) cost milliseconds per call."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+def _one_thread(one_torch_thread: None) -> None:
+    """Every test here runs on one torch thread (see tests/conftest.py)."""
 
 
 def load_reference(stem: str) -> dict[str, dict[str, float]]:
