@@ -6,6 +6,7 @@ method -> Samples -> InferenceData (-> run directory when ``out`` is given).
 
 from __future__ import annotations
 
+import dataclasses
 import platform
 import time
 from collections.abc import Callable
@@ -106,8 +107,6 @@ def model_label(model: Any) -> str:
 
 def _settings_record(name: str, method: str, options: Any, settings: RunSettings,
                      args: dict[str, Any] | None) -> dict[str, Any]:
-    import dataclasses
-
     return {
         "model": name, "method": method, "options": dataclasses.asdict(options),
         "args": args or {}, "chains": settings.chains, "warmup": settings.warmup,
