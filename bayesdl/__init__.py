@@ -3,6 +3,7 @@
     import bayesdl
     idata = bayesdl.infer("eight_schools", method="nuts")
     idata = bayesdl.load("runs/eight_schools-nuts")
+    result = bayesdl.check("gaussian_mle", method="nuts", sbc=100)  # calibration
 """
 
 import warnings
@@ -11,7 +12,8 @@ import warnings
 warnings.filterwarnings("ignore", message="\nArviZ is undergoing", category=FutureWarning)
 
 from bayesdl.api import infer, load  # noqa: E402
+from bayesdl.calibration import check  # noqa: E402
 from bayesdl.errors import BayesdlError  # noqa: E402
 
-__all__ = ["infer", "load", "BayesdlError", "__version__"]
+__all__ = ["infer", "load", "check", "BayesdlError", "__version__"]
 __version__ = "0.1.0"

@@ -1,6 +1,7 @@
-"""The ``bayesdl`` command line: infer, summary, plot, models, methods.
+"""The ``bayesdl`` command line: infer, check, summary, plot, models, methods.
 
 Every user error is one line on stderr and exit code 2; nothing half-written is left.
+``check`` exits with 1 when the calibration test fails.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ EXAMPLES = """examples:
   bayesdl infer my_model.py:model --data data.csv --method nuts --opt jit=true
   bayesdl summary runs/eight_schools-nuts
   bayesdl plot runs/eight_schools-nuts --kind rank
+  bayesdl check gaussian_mle --method nuts --sbc 100 --out sbc-gm-nuts
 """
 
 
@@ -42,7 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
                               description="Run an inference method on a model and write "
                               "posterior.nc, summary.csv, trace.png and settings.json.",
                               epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    run.add_argument("model", help="built-in name (see `bayesdl models`) or path/file.py:function")
+    run.add_argument("model", nargs="?",
+                     help="built-in name (see `bayesdl models`) or path/file.py:function")
     run.add_argument("--data", help="data file: .csv (columns), .json (Stan-style dict) or .npz")
     run.add_argument("--arg", action="append", metavar="KEY=VALUE",
                      help="model argument, e.g. --arg centered=true (repeatable)")
@@ -64,6 +67,22 @@ def build_parser() -> argparse.ArgumentParser:
                      help="also draw the posterior predictive")
     run.add_argument("--json", action="store_true", help="print the summary as JSON")
     run.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    run.add_argument("--checkpoint-every", type=int, default=1000, metavar="N",
+                     help="flush draws and sampler state to OUT.partial/ every N iterations "
+                     "(SVI: steps); 0: never (default 1000)")
+    run.add_argument("--resume", metavar="DIR", help="continue an interrupted run (RUN or "
+                     "RUN.partial) from its last flush, with the arguments it was started with")
+    run.add_argument("--init-from", metavar="RUN", help="start from the final sampler state "
+                     "(step size, metric, positions) of a finished run; warm-up is skipped")
+    run.add_argument("--backend", choices=["local", "ray"], default="local",
+                     help="ray: run groups of chains as tasks on a Ray cluster (default local)")
+    run.add_argument("--address", help="Ray cluster address (default: start a local Ray "
+                     "on 127.0.0.1)")
+    run.add_argument("--ray-tasks", type=int, metavar="N",
+                     help="Ray tasks to split the chains into (default: one per CPU)")
+
+    _add_check(commands)
+    _add_train(commands)
 
     summary = commands.add_parser("summary", help="print the summary of a saved run")
     summary.add_argument("run", help="run directory or posterior.nc")
@@ -71,15 +90,84 @@ def build_parser() -> argparse.ArgumentParser:
 
     plot = commands.add_parser("plot", help="draw a diagnostic plot of a saved run (PNG)")
     plot.add_argument("run", help="run directory or posterior.nc")
-    plot.add_argument("--kind", default="trace", choices=["trace", "rank", "pair", "forest", "energy"])
+    plot.add_argument("--kind", default="trace",
+                      choices=["trace", "rank", "pair", "forest", "energy", "model"],
+                      help="diagnostic plot (default trace); model: the fitted network of a vae run "
+                      "(reconstructions.png, samples.png) or a sequence_regression run (forecast.png "
+                      "with 50%%/90%% bands)")
     plot.add_argument("--var", action="append", help="variable to plot (repeatable)")
-    plot.add_argument("--out", help="PNG path (default RUN/KIND.png)")
+    plot.add_argument("--out", help="PNG path (default RUN/KIND.png); --kind model: a folder "
+                      "(default RUN)")
 
     models = commands.add_parser("models", help="list the built-in models")
     models.add_argument("--json", action="store_true", help="print JSON")
     methods = commands.add_parser("methods", help="list the inference methods and their options")
     methods.add_argument("--json", action="store_true", help="print JSON")
     return parser
+
+
+def _add_check(commands) -> None:
+    check = commands.add_parser(
+        "check", help="simulation-based calibration of a method on a model",
+        description="Simulation-based calibration (Talts et al. 2018): draw parameters from "
+        "the prior, simulate data, run the method on each data set and test that the ranks of "
+        "the true parameters among the posterior draws are uniform. Writes ranks.csv, sbc.json "
+        "and ranks.png; exits with 1 when a parameter fails the test.")
+    check.add_argument("model", help="built-in name (see `bayesdl models`) or path/file.py:function")
+    check.add_argument("--method", default="nuts", help="inference method to check (default nuts)")
+    check.add_argument("--sbc", type=int, required=True, metavar="N",
+                       help="number of simulated data sets (replications), e.g. 100")
+    check.add_argument("--data", help="data file giving covariates and sizes (built-ins bring theirs)")
+    check.add_argument("--arg", action="append", metavar="KEY=VALUE", help="model argument (repeatable)")
+    check.add_argument("--opt", action="append", metavar="KEY=VALUE", help="method option (repeatable)")
+    check.add_argument("--chains", type=int, default=4, help="chains per replication (default 4)")
+    check.add_argument("--warmup", type=int, default=500, help="warm-up per replication (default 500)")
+    check.add_argument("--draws", type=int, default=100, help="draws per chain (default 100)")
+    check.add_argument("--thin", type=int, default=0,
+                       help="keep every THIN-th draw (default 0: thin each run to its ESS)")
+    check.add_argument("--bins", type=int, default=None,
+                       help="rank-histogram bins (default: N/5, from 2 to 20)")
+    check.add_argument("--alpha", type=float, default=0.01,
+                       help="family-wise level of the uniformity test, Bonferroni-split (default 0.01)")
+    check.add_argument("--seed", type=int, default=0, help="seed (default 0)")
+    check.add_argument("--device", choices=["cpu", "cuda"], default=None,
+                       help="default: cuda when available, else cpu")
+    check.add_argument("--dtype", choices=["float64", "float32"], default="float64")
+    check.add_argument("--out", help="directory to create (default runs/MODEL-sbc-METHOD[-N])")
+    check.add_argument("--json", action="store_true", help="print the result as JSON")
+    check.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+
+TRAIN_EXAMPLES = """trainers (an unknown --arg key is an error listing every key with its default):
+  bayesian_gan  Bayesian GAN on the 8x8 digits by SGHMC (GANSettings: iterations, latent_prior=normal|gmm|dp,
+                num_classes=10 + num_labelled=100 for semi-supervised, bayesian=false: ML GAN, ...);
+                writes metrics.json (test_accuracy when semi-supervised), samples.png, weights.pt
+  rbm           RBM by CD-k / PCD on binarised digits (RBMTraining: num_hidden, epochs, k, method=cd|pcd),
+                scored by AIS (ais_particles, ais_steps; exact too when num_hidden <= 20);
+                writes metrics.json, samples.png (Gibbs samples), rbm.pt
+  char_lstm     char-LSTM by truncated BPTT (CharLSTMSettings: hidden, epochs, bptt, bayesian_last_layer, ...)
+                on the bundled Shakespeare excerpt or --arg text=FILE; generates with each of
+                temperatures=0.5,1.0 and by stochastic beam search (beam_size, beam_length), after prime;
+                writes metrics.json (validation vs bigram nats/char), samples.txt, samples.json, weights.pt
+examples:
+  bayesdl train rbm --arg num_hidden=16 --arg epochs=5 --arg learning_rate=0.05
+  bayesdl train bayesian_gan --arg num_classes=10 --arg num_labelled=100 --arg iterations=600
+  bayesdl train char_lstm --arg hidden=64 --arg epochs=15 --arg prime="First Citizen:" --arg temperatures=0.7
+"""
+
+
+def _add_train(commands) -> None:
+    train = commands.add_parser(
+        "train", help="train a Bayesian GAN, an RBM (CD/PCD) or a char-LSTM and generate",
+        description="Run a model trainer (not a posterior sampler) and write a run directory: "
+        "settings.json, metrics.json, fitted weights and generated samples.",
+        epilog=TRAIN_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    train.add_argument("name", help="bayesian_gan, rbm or char_lstm")
+    train.add_argument("--arg", action="append", metavar="KEY=VALUE",
+                       help="trainer setting, e.g. --arg epochs=5 (repeatable)")
+    train.add_argument("--seed", type=int, default=None, help="seed (default 0)")
+    train.add_argument("--out", help="run directory to create (default runs/NAME-train[-N])")
+    train.add_argument("--json", action="store_true", help="print the metrics as JSON")
 
 
 def _version() -> str:
@@ -116,14 +204,64 @@ def _cmd_infer(ns: argparse.Namespace) -> None:
     from bayesdl.options import parse_key_values
     from bayesdl.runs import choose_run_dir
 
+    if ns.resume is not None:
+        from bayesdl.api import resume
+
+        idata = resume(ns.resume, progress=not ns.no_progress and sys.stderr.isatty(),
+                       address=ns.address)
+        target = Path(ns.resume)
+        _print_summary(idata, ns.json, target.with_name(target.name.removesuffix(".partial")))
+        return
+    if ns.model is None:
+        raise BayesdlError("infer needs a MODEL (or --resume DIR)")
     args = parse_key_values(ns.arg, "--arg")
     options = parse_key_values(ns.opt, "--opt")
     run_dir = choose_run_dir(ns.out, model_label(ns.model), ns.method)
     idata = infer(ns.model, ns.data, method=ns.method, chains=ns.chains, warmup=ns.warmup,
                   draws=ns.draws, seed=ns.seed, device=ns.device, dtype=ns.dtype,
                   progress=not ns.no_progress and sys.stderr.isatty(), args=args,
-                  predictive=ns.predictive, out=run_dir, **options)
+                  predictive=ns.predictive, out=run_dir, checkpoint_every=ns.checkpoint_every,
+                  init_from=ns.init_from, executor=ns.backend, address=ns.address,
+                  ray_tasks=ns.ray_tasks, **options)
     _print_summary(idata, ns.json, run_dir)
+
+
+def _cmd_check(ns: argparse.Namespace) -> int:
+    from bayesdl.api import model_label
+    from bayesdl.calibration import check
+    from bayesdl.options import parse_key_values
+    from bayesdl.runs import choose_run_dir
+
+    args = parse_key_values(ns.arg, "--arg")
+    options = parse_key_values(ns.opt, "--opt")
+    run_dir = choose_run_dir(ns.out, model_label(ns.model), f"sbc-{ns.method}")
+    result = check(ns.model, ns.data, method=ns.method, sbc=ns.sbc, chains=ns.chains,
+                   warmup=ns.warmup, draws=ns.draws, seed=ns.seed, thin=ns.thin, bins=ns.bins,
+                   alpha=ns.alpha, device=ns.device, dtype=ns.dtype,
+                   progress=not ns.no_progress and sys.stderr.isatty(), args=args, out=run_dir,
+                   **options)
+    if ns.json:
+        print(json.dumps({**result.record(), "run_dir": str(run_dir)}, indent=2))
+    else:
+        print(result.table())
+        print(result.verdict())
+        print(f"\nwrote {run_dir}/ (ranks.csv, sbc.json, ranks.png)")
+    return 0 if result.passed else 1
+
+
+def _cmd_train(ns: argparse.Namespace) -> None:
+    from bayesdl.options import parse_key_values
+    from bayesdl.training import check_name, train
+
+    check_name(ns.name)
+    run_dir, metrics = train(ns.name, parse_key_values(ns.arg, "--arg"), ns.out, ns.seed)
+    if ns.json:
+        print(json.dumps({**metrics, "run_dir": str(run_dir)}, indent=2))
+        return
+    for key, value in metrics.items():
+        if isinstance(value, (int, float, str)):
+            print(f"{key:<28} {value:.6g}" if isinstance(value, float) else f"{key:<28} {value}")
+    print(f"\nwrote {run_dir}/ ({', '.join(sorted(p.name for p in run_dir.iterdir()))})")
 
 
 def _cmd_summary(ns: argparse.Namespace) -> None:
@@ -136,6 +274,12 @@ def _cmd_plot(ns: argparse.Namespace) -> None:
     from bayesdl.plots import plot
     from bayesdl.runs import load
 
+    if ns.kind == "model":
+        from bayesdl.fitted_plots import plot_fitted_model
+
+        for path in plot_fitted_model(ns.run, ns.out):
+            print(f"wrote {path}")
+        return
     idata = load(ns.run)
     run_path = Path(ns.run)
     default_dir = run_path if run_path.is_dir() else run_path.parent
@@ -193,17 +337,19 @@ def main(argv: list[str] | None = None) -> int:
     warnings.showwarning = _one_line_warning
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=DeprecationWarning)
-    commands = {"infer": _cmd_infer, "summary": _cmd_summary, "plot": _cmd_plot,
-                "models": _cmd_models, "methods": _cmd_methods}
+    commands = {"infer": _cmd_infer, "check": _cmd_check, "summary": _cmd_summary,
+                "plot": _cmd_plot, "models": _cmd_models, "methods": _cmd_methods,
+                "train": _cmd_train}
     try:
-        commands[ns.command](ns)
+        code = commands[ns.command](ns)
     except BayesdlError as error:
         sys.stderr.write(f"bayesdl: error: {error}\n")
         return 2
     except KeyboardInterrupt:
-        sys.stderr.write("bayesdl: interrupted; nothing was written\n")
+        sys.stderr.write("bayesdl: interrupted; no run was written (a run that flushed a "
+                         "checkpoint continues with: bayesdl infer --resume RUN.partial)\n")
         return 130
-    return 0
+    return code or 0
 
 
 if __name__ == "__main__":

@@ -58,6 +58,11 @@ def to_inference_data(samples: Samples, spec: ModelSpec, predictive: bool = Fals
         attrs=attrs,
         posterior_attrs=dict(attrs),  # `attrs` alone does not reach the posterior group
     )
+    weighted = samples.info.get("weighted_sample")
+    if weighted:  # importance sampling: the weighted draws and their log weights, as drawn
+        arrays = _numpy(weighted)
+        idata.add_groups(weighted_posterior=az.dict_to_dataset(
+            arrays, coords=coords, dims=_dims_that_fit(dims, arrays, observed, coords)))
     return idata
 
 

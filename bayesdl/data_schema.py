@@ -31,7 +31,13 @@ def validate_data(data: dict[str, Any], schema: dict[str, DataField], model: str
     out: dict[str, Any] = {}
     axis_lengths: dict[str, tuple[int, str]] = {}
     for key, field in schema.items():
-        value = np.asarray(data[key])
+        raw = data[key]
+        if hasattr(raw, "detach"):  # a torch tensor, possibly on a GPU
+            raw = raw.detach().cpu().numpy()
+        value = np.asarray(raw)
+        if value.dtype.kind not in "biuf":  # strings, objects, complex numbers, dates
+            raise BayesdlError(f"data {key!r} for model {model!r} must hold real numbers, "
+                               f"got {value.dtype} values")
         if field.kind == "size":
             if value.ndim != 0 or float(value) != int(value) or int(value) < 0:
                 raise BayesdlError(f"data {key!r} for model {model!r} must be a non-negative integer")

@@ -46,6 +46,8 @@ def _load_from_file(source: str) -> tuple[Callable[..., Any], Callable[..., Any]
     path_text, _, function_name = source.rpartition(":") if ":" in source else (source, "", "model")
     function_name = function_name or "model"
     path = Path(path_text)
+    if path.is_dir():
+        raise BayesdlError(f"model file {path_text!r} is a directory, not a .py file")
     if not path.is_file():
         raise BayesdlError(f"model file {path_text!r} does not exist")
     module_name = f"bayesdl_user_model_{abs(hash(str(path.resolve())))}"
@@ -56,9 +58,8 @@ def _load_from_file(source: str) -> tuple[Callable[..., Any], Callable[..., Any]
     try:
         spec.loader.exec_module(module)
     except SyntaxError as error:
-        raise BayesdlError(
-            f"model file {path_text!r} has a syntax error at line {error.lineno}: {error.msg}"
-        ) from None
+        where = f" at line {error.lineno}" if error.lineno else ""
+        raise BayesdlError(f"model file {path_text!r} has a syntax error{where}: {error.msg}") from None
     except Exception as error:  # noqa: BLE001 - any import failure is reported in one line
         raise BayesdlError(
             f"model file {path_text!r} raised {type(error).__name__} on import: {error}"
@@ -190,6 +191,14 @@ def check_model_runs(spec: ModelSpec) -> None:
         raise model_error(spec, error) from None
 
 
+def latent_site_names(spec: ModelSpec) -> list[str]:
+    """The model's unobserved ``pyro.sample`` sites (what a method infers)."""
+    with poutine.block():
+        trace = poutine.trace(spec.model).get_trace(**spec.data)
+    return [name for name, site in trace.nodes.items() if site["type"] == "sample"
+            and not site["is_observed"] and type(site["fn"]).__name__ != "_Subsample"]
+
+
 def model_error(spec: ModelSpec, error: BaseException) -> BayesdlError:
     """A one-line error naming the model, the exception and the model's line."""
     location = ""
@@ -215,4 +224,5 @@ def _source_file(function: Callable[..., Any]) -> str | None:
         return None
 
 
-__all__ = ["load_model_spec", "check_model_runs", "model_error", "raised_in_model"]
+__all__ = ["load_model_spec", "check_model_runs", "latent_site_names", "model_error",
+           "raised_in_model"]

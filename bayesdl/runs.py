@@ -20,25 +20,38 @@ import arviz as az
 from bayesdl.errors import BayesdlError
 
 
-def choose_run_dir(out: str | Path | None, model: str, method: str) -> Path:
-    """``out`` if new, else ``runs/<model>-<method>[-N]`` (never an existing directory)."""
+def partial_dir(run_dir: str | Path) -> Path:
+    """Where a run in progress keeps its checkpoints: ``RUN.partial`` beside ``RUN``."""
+    path = Path(run_dir)
+    return path.with_name(path.name + ".partial")
+
+
+def choose_run_dir(out: str | Path | None, model: str, method: str, resume: bool = False) -> Path:
+    """``out`` if new, else ``runs/<model>-<method>[-N]`` (never an existing directory, nor
+    one whose checkpoints ``RUN.partial`` exist unless ``resume``)."""
     if out is not None:
         path = Path(out)
         if path.exists():
             raise BayesdlError(f"output directory {str(path)!r} already exists; "
                                "choose a new --out (earlier runs are never overwritten)")
+        if resume and not partial_dir(path).is_dir():
+            raise BayesdlError(f"nothing to resume: no checkpoint folder {str(partial_dir(path))!r}")
+        if not resume and partial_dir(path).exists():
+            raise BayesdlError(f"an interrupted run of {str(path)!r} is in {str(partial_dir(path))!r}; "
+                               "continue it with --resume or remove that folder")
         return path
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in model)
     base = Path("runs") / f"{safe}-{method}"
     path, n = base, 2
-    while path.exists():
+    while path.exists() or partial_dir(path).exists():
         path, n = Path(f"{base}-{n}"), n + 1
     return path
 
 
-def write_run(path: Path, idata: az.InferenceData, settings: dict[str, Any],
+def write_run(path: Path, idata: az.InferenceData | None, settings: dict[str, Any],
               write_files) -> Path:
-    """Write a run into ``path`` atomically; ``write_files(tmp_dir)`` adds the rest."""
+    """Write a run into ``path`` atomically; ``write_files(tmp_dir)`` adds the rest
+    (``idata=None``: no posterior.nc, as for ``bayesdl train``)."""
     parent = path.parent if str(path.parent) else Path(".")
     try:
         parent.mkdir(parents=True, exist_ok=True)
@@ -47,7 +60,8 @@ def write_run(path: Path, idata: az.InferenceData, settings: dict[str, Any],
         raise BayesdlError(f"cannot write the output directory {str(path)!r}: "
                            f"{error.strerror or error}") from None
     try:
-        idata.to_netcdf(str(tmp / "posterior.nc"))
+        if idata is not None:
+            idata.to_netcdf(str(tmp / "posterior.nc"))
         (tmp / "settings.json").write_text(json.dumps(settings, indent=2, default=str) + "\n")
         write_files(tmp)
         if path.exists():

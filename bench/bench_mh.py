@@ -53,8 +53,9 @@ def run_one(config: str, model_name: str, quick: bool) -> dict:
     started = time.perf_counter()
     if config.startswith("bayesdl_mh") or config == "pyro_nuts":
         method = "nuts" if config == "pyro_nuts" else "mh"
+        options = {"backend": "pyro"} if config == "pyro_nuts" else {}
         idata = bayesdl.infer(model_name, method=method, chains=chains, warmup=warmup,
-                              draws=draws, seed=1, progress=False, args=args)
+                              draws=draws, seed=1, progress=False, args=args, **options)
         posterior = idata.posterior
     else:
         spec = load_model_spec(model_name, None, args, torch.device("cpu"), torch.float64)

@@ -9,6 +9,9 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
+import torch
+
+from bayesdl.errors import BayesdlError
 from bayesdl.inference.counter_rng import ChainRNG
 from bayesdl.inference.driver import run_kernel
 from bayesdl.inference.kernel import BatchedKernel
@@ -24,17 +27,28 @@ def run_batched_mcmc(
     make_kernel: Callable[[BatchedPotential], BatchedKernel],
     method: str,
     init_radius: float = 2.0,
+    evaluation: str = "auto",
 ) -> Samples:
-    """Sample ``spec`` with the kernel ``make_kernel(potential)``, all chains at once."""
+    """Sample ``spec`` with the kernel ``make_kernel(potential)``, all chains at once.
+
+    ``evaluation`` is how the potential is evaluated (see ``BatchedPotential.accelerate``).
+    """
+    if not 0 <= init_radius < float("inf"):
+        raise BayesdlError(f"init_radius must be a number >= 0, got {init_radius}")
     started = time.perf_counter()
     potential = BatchedPotential(spec.model, spec.data)
     rng = ChainRNG(settings.chain_seeds(), device=settings.device)
+    # trace the model once for [chains, dim] positions (every kernel call has that shape)
+    example = torch.zeros(settings.chains, potential.dim, dtype=settings.dtype,
+                          device=settings.device)
+    potential.accelerate(example, evaluation)
     position, log_density = potential.initial_positions(rng, radius=init_radius,
                                                         dtype=settings.dtype)
     kernel = make_kernel(potential)
     flat_draws, stats, _ = run_kernel(
         kernel, rng, position, log_density, settings.warmup, settings.draws,
         progress=settings.progress, description=f"{method} ({settings.chains} chains)",
+        checkpoint=settings.checkpoint,
     )
     draws = potential.constrain(flat_draws)
     return Samples(

@@ -30,3 +30,8 @@ class BatchedKernel(Protocol):
 
     def stats(self, state: Any, info: Any) -> dict[str, torch.Tensor]:
         """Per-chain statistics of the last step, under ArviZ's names (``[C]`` each)."""
+
+    def reevaluate(self, state: Any) -> Any:
+        """Optional: the state with its cached log density (and gradient) recomputed at
+        the current position under this kernel's target. Metropolis-within-Gibbs
+        (:mod:`bayesdl.inference.composition`) calls it after other sites changed the target."""

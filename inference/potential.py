@@ -24,6 +24,7 @@ from torch.func import grad_and_value, vmap
 
 from bayesdl.errors import BayesdlError
 from bayesdl.inference.counter_rng import ChainRNG
+from bayesdl.inference.traced_potential import agrees, trace_gradient
 
 INIT_STREAM = 1_000_003
 
@@ -59,6 +60,8 @@ class BatchedPotential:
         }
         self.sizes = [math.prod(self.shapes[n]) for n in self.latent_sites]
         self.dim = sum(self.sizes)
+        self._fast_value = self._fast_grad = None  # traced graphs, see accelerate()
+        self._fast_shape: torch.Size | None = None
         self._batched_log_density = vmap(self._log_density_one)
         self._batched_grad = vmap(grad_and_value(self._log_density_one))
         self._probe_vmap()
@@ -136,15 +139,73 @@ class BatchedPotential:
 
     def log_density(self, flat: torch.Tensor) -> torch.Tensor:
         """``log p`` (+ log-Jacobian) at ``[C, D]`` positions, as ``[C]``; NaN becomes -inf."""
-        with pyro.validation_enabled(False), poutine.block():
-            value = self._batched_log_density(flat)
+        if self._fast_value is not None and flat.shape == self._fast_shape:
+            value = self._fast_value(flat)
+        else:
+            with pyro.validation_enabled(False), poutine.block():
+                value = self._batched_log_density(flat)
         return torch.where(torch.isnan(value), -math.inf, value)
 
     def log_density_and_grad(self, flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(log p [C], grad [C, D])`` at ``[C, D]`` positions."""
-        with pyro.validation_enabled(False), poutine.block():
-            grad, value = self._batched_grad(flat)
+        if self._fast_grad is not None and flat.shape == self._fast_shape:
+            grad, value = self._fast_grad(flat)
+        else:
+            with pyro.validation_enabled(False), poutine.block():
+                grad, value = self._batched_grad(flat)
         return torch.where(torch.isnan(value), -math.inf, value), grad
+
+    def accelerate(self, example: torch.Tensor, evaluation: str = "auto") -> bool:
+        """Trace the model's log density and gradient for positions shaped like ``example``
+        so that later calls with that shape skip Pyro (other shapes still run the model).
+
+        ``evaluation``: ``"eager"`` keeps running the model each call; ``"trace"`` traces
+        it once into a lean graph (:mod:`~bayesdl.inference.traced_potential`), checked
+        against the model at random points; ``"compile"`` also compiles the graphs with
+        torch.compile (slow to start, fastest per call); ``"auto"`` traces and falls back
+        to the model silently. Returns whether the traced graphs are in use.
+        """
+        if evaluation not in ("auto", "eager", "trace", "compile"):
+            raise BayesdlError(
+                f"unknown potential evaluation {evaluation!r}; choose auto, eager, trace or compile")
+        self._fast_value = self._fast_grad = None
+        if evaluation == "eager" or self._batched_grad == self._loop_grad:
+            return False
+        compile_graph = evaluation == "compile"
+        fast_grad = self._traced(self._batched_grad, example, compile_graph)
+        fast_value = self._traced(self._batched_log_density, example, compile_graph)
+        if fast_grad is None or fast_value is None:
+            if evaluation != "auto":
+                warnings.warn("the traced potential disagrees with the model (it branches on "
+                              "latent values or draws random numbers); running the model "
+                              "itself", stacklevel=2)
+            return False
+        self._fast_shape = example.shape
+        self._fast_value, self._fast_grad = fast_value, fast_grad
+        return True
+
+    def _traced(self, function: Callable, example: torch.Tensor, compile_graph: bool):
+        """``function`` traced at ``example`` if it matches the model at random points, else None."""
+
+        def reference(flat: torch.Tensor):
+            with pyro.validation_enabled(False), poutine.block():
+                return function(flat)
+
+        generator = torch.Generator(device="cpu").manual_seed(0)
+        points = [example] + [
+            (example + torch.randn(example.shape, generator=generator, dtype=example.dtype)
+             .to(example.device) * scale) for scale in (0.5, 1.5, 3.0)
+        ]
+        try:
+            with pyro.validation_enabled(False), poutine.block():
+                fast, _ = trace_gradient(function, example)
+            if compile_graph:
+                fast = torch.compile(fast, dynamic=False)
+            if not agrees(fast, reference, points):
+                return None
+        except Exception:  # noqa: BLE001 - any tracing limitation means: run the model
+            return None
+        return fast
 
     # ----------------------------------------------------------------- start
     def initial_positions(
@@ -152,23 +213,31 @@ class BatchedPotential:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Uniform(-radius, radius) starts on unconstrained space (Stan's rule), redrawn
         per chain until the log density is finite. Returns ``(positions, log_density)``."""
-        dtype = dtype or torch.get_default_dtype()
-        position = None
-        log_density = None
-        for attempt in range(tries):
-            candidate = (2 * rng.uniform(0, INIT_STREAM + attempt, (self.dim,), dtype) - 1) * radius
-            candidate_ld = self.log_density(candidate)
-            if position is None:
-                position, log_density = candidate, candidate_ld
-            else:
-                redo = ~torch.isfinite(log_density)
-                position = torch.where(redo[:, None], candidate, position)
-                log_density = torch.where(redo, candidate_ld, log_density)
-            if bool(torch.isfinite(log_density).all()):
-                return position, log_density
-        bad = (~torch.isfinite(log_density)).nonzero().flatten().tolist()
-        raise BayesdlError(
-            f"the model's log density is -inf or NaN at every start tried for chain(s) "
-            f"{bad[:10]} ({tries} uniform draws in [-{radius}, {radius}] on unconstrained space)"
-        )
+        return uniform_starts(rng, self.dim, self.log_density, INIT_STREAM, radius, tries,
+                              dtype or torch.get_default_dtype())
+
+
+def uniform_starts(rng: ChainRNG, dim: int, log_density_fn: Callable[[torch.Tensor], torch.Tensor],
+                   stream: int, radius: float = 2.0, tries: int = 100,
+                   dtype: torch.dtype = torch.float64, position: torch.Tensor | None = None,
+                   log_density: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stan's start rule, per chain: Uniform(-radius, radius) on unconstrained space,
+    redrawn (streams ``stream + attempt``) for every chain whose log density is not
+    finite. ``position``/``log_density``, when given, are kept for chains where finite."""
+    for attempt in range(tries):
+        candidate = (2 * rng.uniform(0, stream + attempt, (dim,), dtype) - 1) * radius
+        candidate_log_density = log_density_fn(candidate)
+        if position is None:
+            position, log_density = candidate, candidate_log_density
+        else:
+            redo = ~torch.isfinite(log_density)
+            position = torch.where(redo[:, None], candidate, position)
+            log_density = torch.where(redo, candidate_log_density, log_density)
+        if bool(torch.isfinite(log_density).all()):
+            return position, log_density
+    bad = (~torch.isfinite(log_density)).nonzero().flatten().tolist()
+    raise BayesdlError(
+        f"the model's log density is -inf or NaN at every start tried for chain(s) "
+        f"{bad[:10]} ({tries} uniform draws in [-{radius}, {radius}] on unconstrained space)"
+    )
 

@@ -3,13 +3,14 @@
 Chain ``c`` runs with Pyro's global RNG seeded ``chain_seed(seed, c)``, so a chain
 does not depend on the others. Pyro's kernels keep their per-step facts in private fields;
 the small subclasses below record them (divergence, step size, acceptance, energy,
-leapfrog steps) under ArviZ's names. Our batched NUTS will replace these (issue 7).
+leapfrog steps) under ArviZ's names. ``--opt backend=pyro`` selects them; our batched
+kernels (:mod:`~bayesdl.inference.nuts`) are the default.
 """
 
 from __future__ import annotations
 
+import functools
 import time
-from dataclasses import dataclass
 
 import pyro
 import torch
@@ -19,29 +20,6 @@ from tqdm.auto import tqdm
 from bayesdl.inference.model_spec import ModelSpec
 from bayesdl.inference.samples import Samples
 from bayesdl.inference.settings import RunSettings
-
-
-@dataclass
-class NUTSOptions:
-    """Options of ``--method nuts`` (Pyro's NUTS)."""
-
-    jit: bool = False
-    target_accept: float = 0.8
-    max_tree_depth: int = 10
-    dense_mass: bool = False
-    init_step_size: float = 1.0
-
-
-@dataclass
-class HMCOptions:
-    """Options of ``--method hmc`` (Pyro's HMC); ``num_steps=0`` uses ``trajectory_length``."""
-
-    jit: bool = False
-    target_accept: float = 0.8
-    num_steps: int = 0
-    trajectory_length: float = 6.283185307179586
-    dense_mass: bool = False
-    init_step_size: float = 1.0
 
 
 class _StepRecorder:
@@ -102,7 +80,9 @@ def run_pyro_hmc(spec: ModelSpec, options, settings: RunSettings, name: str) -> 
         for chain, seed in enumerate(settings.chain_seeds()):
             pyro.set_rng_seed(seed)
             bar.set_description(f"{name} chain {chain + 1}/{settings.chains}")
-            kernel = _make_kernel(spec.model, name, options)
+            # the data is bound here: a model argument named like one of MCMC.run's own
+            # (``kernel``) must not reach MCMC.run
+            kernel = _make_kernel(functools.partial(spec.model, **spec.data), name, options)
             stats: dict[str, list[float]] = {k: [] for k in
                                              ("diverging", "step_size", "acceptance_rate",
                                               "lp", "energy", "n_steps")}
@@ -126,7 +106,7 @@ def run_pyro_hmc(spec: ModelSpec, options, settings: RunSettings, name: str) -> 
 
             mcmc = MCMC(kernel, num_samples=settings.draws, warmup_steps=settings.warmup,
                         num_chains=1, hook_fn=hook, disable_progbar=True)
-            mcmc.run(**spec.data)
+            mcmc.run()
             chain_draws.append(mcmc.get_samples(group_by_chain=True))
             chain_stats.append(stats)
     draws = {k: torch.cat([d[k] for d in chain_draws], dim=0) for k in chain_draws[0]}

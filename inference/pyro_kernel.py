@@ -86,13 +86,15 @@ class PyroKernelAdapter(MCMCKernel):
 
 
 class RandomWalkMH(PyroKernelAdapter):
-    """Adaptive random-walk Metropolis-Hastings as a ``pyro.infer.MCMC`` kernel."""
+    """Adaptive random-walk Metropolis-Hastings as a ``pyro.infer.MCMC`` kernel
+    (``adapt="full"``: Haario's adaptive full covariance)."""
 
     def __init__(self, model: Callable[..., Any], target_accept: float | None = None,
-                 init_step_size: float | None = None, init_radius: float = 2.0):
+                 init_step_size: float | None = None, init_radius: float = 2.0,
+                 adapt: str = "diag"):
         super().__init__(
             model,
             lambda potential: RandomWalkKernel(potential.log_density, target_accept,
-                                               init_step_size),
+                                               init_step_size, adapt=adapt),
             init_radius,
         )

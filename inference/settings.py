@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -36,7 +37,11 @@ class RunSettings:
     device: torch.device = torch.device("cpu")
     dtype: torch.dtype = torch.float64
     progress: bool = True
+    # chains first_chain .. first_chain + chains - 1 of a larger run (a group on Ray)
+    first_chain: int = 0
+    # flushes/resumes a batched kernel run or SVI (bayesdl.checkpoint.Checkpoint), or None
+    checkpoint: Any = field(default=None, compare=False)
 
     def chain_seeds(self) -> list[int]:
         """One seed per chain; chain 0's is ``seed``."""
-        return [chain_seed(self.seed, c) for c in range(self.chains)]
+        return [chain_seed(self.seed, c) for c in range(self.first_chain, self.first_chain + self.chains)]

@@ -23,7 +23,7 @@ import torch
 from bayesdl.cli import main
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-RUN_FILES = ["posterior.nc", "settings.json", "summary.csv", "trace.png"]
+RUN_FILES = ["kernel_state.pt", "posterior.nc", "settings.json", "summary.csv", "trace.png"]
 EIGHT = {"J": 8, "y": [28, 8, -3, 7, -1, 1, 18, 12], "sigma": [15, 10, 16, 11, 9, 11, 10, 18]}
 
 

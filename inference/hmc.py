@@ -1,0 +1,112 @@
+"""Static-trajectory Hamiltonian Monte Carlo with the chain as a tensor dimension.
+
+Each chain integrates ``ceil(trajectory_length / step_size)`` leapfrog steps (or a
+fixed ``num_steps``), then accepts the end point with probability
+``min(1, exp(H0 - H))``. Chains with shorter trajectories are masked while the others
+finish. Warm-up is Stan's (:mod:`~bayesdl.inference.hmc_warmup`).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+
+from bayesdl.inference.counter_rng import ChainRNG
+from bayesdl.inference.hmc_warmup import StanWarmup, WarmupState
+from bayesdl.inference.integrator import (
+    PhasePoint,
+    PotentialFn,
+    hamiltonian,
+    leapfrog,
+    sample_momentum,
+)
+
+MOMENTUM_STREAM = 21
+ACCEPT_STREAM = 22
+
+
+class HMCState(NamedTuple):
+    point: PhasePoint
+    warmup: WarmupState
+
+
+class HMCInfo(NamedTuple):
+    acceptance_rate: torch.Tensor  # [C]
+    n_steps: torch.Tensor  # [C]
+    diverging: torch.Tensor  # [C]
+    energy: torch.Tensor  # [C]
+    step_size: torch.Tensor  # [C]
+
+
+class HMCKernel:
+    """Batched HMC; ``potential_fn(flat [C, D]) -> (log_density [C], grad [C, D])``."""
+
+    def __init__(self, potential_fn: PotentialFn, num_steps: int = 0,
+                 trajectory_length: float = 2 * math.pi, target_accept: float = 0.8,
+                 dense_mass: bool = False, max_energy_error: float = 1000.0,
+                 init_step_size: float = 1.0, max_steps: int = 1024):
+        self.potential_fn = potential_fn
+        self.num_steps = num_steps
+        self.trajectory_length = trajectory_length
+        self.max_energy_error = max_energy_error
+        self.max_steps = max_steps
+        self.warmup = StanWarmup(target_accept, dense_mass, init_step_size=init_step_size)
+
+    def init(self, position: torch.Tensor, log_density: torch.Tensor, num_warmup: int) -> HMCState:
+        log_density, grad = self.potential_fn(position)
+        return HMCState(PhasePoint(position, log_density, grad),
+                        self.warmup.init(position, num_warmup))
+
+    def reevaluate(self, state: HMCState) -> HMCState:
+        log_density, grad = self.potential_fn(state.point.position)
+        return state._replace(point=PhasePoint(state.point.position, log_density, grad))
+
+    def step(self, rng: ChainRNG, step_index: int, state: HMCState,
+             warmup: bool) -> tuple[HMCState, HMCInfo]:
+        adapt = state.warmup
+        if not adapt.started:
+            adapt = self.warmup.begin(rng, step_index, adapt, state.point, self.potential_fn)
+        point0, step_size, metric = state.point, adapt.step_size, adapt.metric
+        if self.num_steps:
+            steps = torch.full_like(step_size, float(self.num_steps))
+        else:
+            steps = torch.ceil(self.trajectory_length / step_size).clamp(1, self.max_steps)
+        momentum = sample_momentum(rng, step_index, MOMENTUM_STREAM, metric, point0.position)
+        energy0 = hamiltonian(point0, momentum, metric)
+        point, r = point0, momentum
+        for n in range(int(steps.max())):  # one host read per transition
+            moving = steps > n
+            new_point, new_r = leapfrog(point, r, step_size, metric, self.potential_fn)
+            point = PhasePoint(torch.where(moving[:, None], new_point.position, point.position),
+                               torch.where(moving, new_point.log_density, point.log_density),
+                               torch.where(moving[:, None], new_point.grad, point.grad))
+            r = torch.where(moving[:, None], new_r, r)
+        energy = hamiltonian(point, r, metric)
+        log_ratio = torch.nan_to_num(energy0 - energy, nan=-math.inf)
+        log_u = rng.uniform(step_index, ACCEPT_STREAM, (), point0.position.dtype).log()
+        accept = log_u < log_ratio
+        new = PhasePoint(torch.where(accept[:, None], point.position, point0.position),
+                         torch.where(accept, point.log_density, point0.log_density),
+                         torch.where(accept[:, None], point.grad, point0.grad))
+        info = HMCInfo(log_ratio.clamp(max=0).exp(), steps,
+                       log_ratio < -self.max_energy_error,
+                       torch.where(accept, energy, energy0), step_size)
+        if warmup:
+            adapt = self.warmup.update(rng, step_index, adapt, new, info.acceptance_rate,
+                                       self.potential_fn)
+        return HMCState(new, adapt), info
+
+    def position(self, state: HMCState) -> torch.Tensor:
+        return state.point.position
+
+    def stats(self, state: HMCState, info: HMCInfo) -> dict[str, torch.Tensor]:
+        return {
+            "acceptance_rate": info.acceptance_rate,
+            "diverging": info.diverging,
+            "energy": info.energy,
+            "lp": state.point.log_density,
+            "n_steps": info.n_steps,
+            "step_size": info.step_size,
+        }

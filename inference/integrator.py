@@ -1,0 +1,96 @@
+"""Hamiltonian dynamics on unconstrained space, batched over chains.
+
+The metric (inverse mass matrix) is per chain: a diagonal ``[C, D]`` or a dense
+``[C, D, D]``; ``Metric`` holds it with the Cholesky factor of the mass matrix used
+to draw momenta. The leapfrog takes a signed step size per chain, so NUTS can move
+some chains backwards in time and others forwards in the same call.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import NamedTuple
+
+import torch
+
+from bayesdl.inference.counter_rng import ChainRNG
+
+PotentialFn = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+"""``flat [C, D] -> (log_density [C], grad [C, D])``."""
+
+
+class PhasePoint(NamedTuple):
+    """A position with its log density and gradient (cached so no step recomputes them)."""
+
+    position: torch.Tensor  # [C, D]
+    log_density: torch.Tensor  # [C]
+    grad: torch.Tensor  # [C, D]
+
+
+class Metric(NamedTuple):
+    """Per-chain inverse mass matrix; ``mass_cholesky`` is None for a diagonal one."""
+
+    inverse_mass: torch.Tensor  # [C, D] (diagonal) or [C, D, D] (dense)
+    mass_cholesky: torch.Tensor | None  # [C, D, D], lower Cholesky factor of the mass matrix
+
+    @property
+    def dense(self) -> bool:
+        return self.inverse_mass.dim() == 3
+
+
+def diagonal_metric(inverse_mass: torch.Tensor) -> Metric:
+    return Metric(inverse_mass, None)
+
+
+def dense_metric(inverse_mass: torch.Tensor) -> Metric:
+    """A dense metric from a covariance estimate ``[C, D, D]`` (the inverse mass)."""
+    mass = torch.linalg.inv(inverse_mass)
+    mass = 0.5 * (mass + mass.transpose(-1, -2))
+    return Metric(inverse_mass, torch.linalg.cholesky(mass))
+
+
+def unit_metric(position: torch.Tensor, dense: bool = False) -> Metric:
+    if not dense:
+        return diagonal_metric(torch.ones_like(position))
+    chains, dim = position.shape
+    eye = torch.eye(dim, dtype=position.dtype, device=position.device).expand(chains, dim, dim)
+    return Metric(eye.clone(), eye.clone())
+
+
+def velocity(momentum: torch.Tensor, metric: Metric) -> torch.Tensor:
+    """``M^{-1} r`` per chain."""
+    if metric.dense:
+        return (metric.inverse_mass @ momentum.unsqueeze(-1)).squeeze(-1)
+    return metric.inverse_mass * momentum
+
+
+def kinetic_energy(momentum: torch.Tensor, metric: Metric) -> torch.Tensor:
+    """``r^T M^{-1} r / 2`` per chain."""
+    return 0.5 * (momentum * velocity(momentum, metric)).sum(-1)
+
+
+def sample_momentum(rng: ChainRNG, step: int, stream: int, metric: Metric,
+                    like: torch.Tensor) -> torch.Tensor:
+    """``r ~ N(0, M)`` per chain."""
+    noise = rng.normal(step, stream, like.shape[1:], dtype=like.dtype)
+    if metric.dense:
+        return (metric.mass_cholesky @ noise.unsqueeze(-1)).squeeze(-1)
+    return noise / metric.inverse_mass.sqrt()
+
+
+def leapfrog(point: PhasePoint, momentum: torch.Tensor, step_size: torch.Tensor, metric: Metric,
+             potential_fn: PotentialFn) -> tuple[PhasePoint, torch.Tensor]:
+    """One velocity-Verlet step of signed size ``step_size [C]``; returns (point, momentum)."""
+    half = (0.5 * step_size)[:, None]
+    momentum = momentum + half * point.grad
+    position = point.position + step_size[:, None] * velocity(momentum, metric)
+    log_density, grad = potential_fn(position)
+    momentum = momentum + half * grad
+    return PhasePoint(position, log_density, grad), momentum
+
+
+def hamiltonian(point: PhasePoint, momentum: torch.Tensor, metric: Metric) -> torch.Tensor:
+    """``-log p + K``; NaN becomes +inf (an infinitely bad point)."""
+    energy = kinetic_energy(momentum, metric) - point.log_density
+    return torch.nan_to_num(energy, nan=math.inf, posinf=math.inf, neginf=-math.inf)

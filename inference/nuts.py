@@ -1,0 +1,246 @@
+"""The No-U-Turn sampler with the chain as a tensor dimension (iterative, masked).
+
+Every chain builds its own trajectory (Hoffman & Gelman 2014, with Betancourt's
+multinomial sampling and generalised U-turn criterion, as Stan does), but all chains
+take their leapfrog steps together: one potential call advances every chain, and a
+chain whose tree has stopped (U-turn, divergence, depth limit) is masked until the
+slowest one finishes. The recursion of the original algorithm is replaced by an
+iterative scheme (as in NumPyro's iterative NUTS): while a subtree of 2^d leaves is
+built leaf by leaf, the momentum and momentum-sum at the first leaf of each aligned
+block of 2^j leaves are kept, and the block is checked for a U-turn at its last leaf;
+which blocks start or end at leaf n is known from n alone, so the bookkeeping is
+vectorised over levels. Random numbers are keyed per chain (ChainRNG), so a chain's
+draws do not depend on the other chains.
+
+The host reads one boolean per leaf (whether any chain is still building) so that a
+draw costs the slowest chain's tree, not 2^max_depth leaves.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+
+from bayesdl.inference.counter_rng import ChainRNG
+from bayesdl.inference.hmc_warmup import StanWarmup, WarmupState
+from bayesdl.inference.integrator import (
+    Metric,
+    PhasePoint,
+    PotentialFn,
+    hamiltonian,
+    sample_momentum,
+    velocity,
+)
+
+MOMENTUM_STREAM = 11
+DEPTH_STREAM = 100  # + depth
+
+
+class NUTSState(NamedTuple):
+    point: PhasePoint
+    warmup: WarmupState
+
+
+class NUTSInfo(NamedTuple):
+    acceptance_rate: torch.Tensor  # [C] mean Metropolis acceptance over the tree's leaves
+    n_steps: torch.Tensor  # [C] leapfrog steps taken
+    tree_depth: torch.Tensor  # [C]
+    diverging: torch.Tensor  # [C] bool
+    energy: torch.Tensor  # [C] Hamiltonian at the draw
+    step_size: torch.Tensor  # [C] the step size this transition used
+
+
+def _trailing_zeros(n: int) -> int:
+    return (n & -n).bit_length() - 1
+
+
+def _turning(left_velocity: torch.Tensor, right_velocity: torch.Tensor,
+             momentum_sum: torch.Tensor) -> torch.Tensor:
+    """Betancourt's generalised criterion: either end's velocity points against rho."""
+    return ((left_velocity * momentum_sum).sum(-1) <= 0) | (
+        (right_velocity * momentum_sum).sum(-1) <= 0)
+
+
+@torch.jit.script
+def _leaf_update(position: torch.Tensor, r: torch.Tensor, grad: torch.Tensor,
+                 log_density: torch.Tensor, half_step: torch.Tensor,
+                 inverse_mass: torch.Tensor, energy0: torch.Tensor, accept_sum: torch.Tensor,
+                 n_steps: torch.Tensor, building: torch.Tensor, diverging: torch.Tensor,
+                 sub_log_weight: torch.Tensor, sub_proposal: torch.Tensor,
+                 sub_momentum_sum: torch.Tensor, checkpoint_velocity: torch.Tensor,
+                 checkpoint_sum: torch.Tensor, log_u: torch.Tensor, starts: int, ends: int,
+                 max_energy_error: float):
+    """The bookkeeping of one new leaf after its gradient is known: the second half
+    momentum step, its weight, multinomial sampling inside the subtree, divergence and
+    the U-turn checks of the aligned blocks that start (``starts`` levels) or end
+    (``ends`` levels) here. Scripted: about 40 small operations run without Python
+    between them (no library offers this loop body; see the module docstring)."""
+    r = torch.addcmul(r, half_step, grad)
+    if inverse_mass.dim() == 3:
+        v = torch.matmul(inverse_mass, r.unsqueeze(-1)).squeeze(-1)
+    else:
+        v = inverse_mass * r
+    log_weight = torch.add(log_density + energy0, (r * v).sum(-1), alpha=-0.5)
+    log_weight = torch.nan_to_num(log_weight, nan=-math.inf)
+    weight = building.to(log_weight.dtype)
+    accept_sum = torch.addcmul(accept_sum, weight, log_weight.clamp(max=0.0).exp())
+    n_steps = n_steps + weight
+    diverged = building & (log_weight < -max_energy_error)
+    diverging = diverging | diverged
+    # multinomial sampling inside the subtree: keep the new leaf w.p. w / sum(w)
+    sub_log_weight = torch.logaddexp(sub_log_weight, log_weight)
+    take = log_u < log_weight - sub_log_weight
+    leaf = torch.cat([position, grad, log_density.unsqueeze(1), log_weight.unsqueeze(1)], dim=1)
+    sub_proposal = torch.where(take.unsqueeze(1), leaf, sub_proposal)
+    if starts > 0:
+        checkpoint_velocity[1:starts + 1] = v
+        checkpoint_sum[1:starts + 1] = sub_momentum_sum
+    sub_momentum_sum = sub_momentum_sum + r
+    stop = diverged
+    if ends > 0:
+        block_sum = sub_momentum_sum - checkpoint_sum[1:ends + 1]
+        turned = torch.minimum((checkpoint_velocity[1:ends + 1] * block_sum).sum(-1),
+                               (v * block_sum).sum(-1)) <= 0
+        stop = stop | turned.any(0)
+    building = building & ~stop
+    return (r, accept_sum, n_steps, building, diverging, sub_log_weight, sub_proposal,
+            sub_momentum_sum)
+
+
+def nuts_transition(rng: ChainRNG, step_index: int, point: PhasePoint, step_size: torch.Tensor,
+                    metric: Metric, potential_fn: PotentialFn, max_tree_depth: int = 10,
+                    max_energy_error: float = 1000.0) -> tuple[PhasePoint, NUTSInfo]:
+    """One NUTS draw for every chain from ``point`` (see the module docstring).
+
+    The leaf loop is written for few tensor operations (it is the hot path on CPU,
+    where each operation costs about a microsecond whatever its size): masks are
+    applied arithmetically where possible, and a subtree's proposal is one packed
+    tensor ``[position | grad | log_density | log_weight]``.
+    """
+    chains, dim = point.position.shape
+    dtype, device = point.position.dtype, point.position.device
+    momentum = sample_momentum(rng, step_index, MOMENTUM_STREAM, metric, point.position)
+    energy0 = hamiltonian(point, momentum, metric)
+    zeros = torch.zeros(chains, dtype=dtype, device=device)
+
+    left = right = _pack(point, momentum)  # [position | momentum | grad | log_density]
+    proposal = torch.cat([point.position, point.grad, point.log_density[:, None],
+                          zeros[:, None]], dim=1)  # log weight of the start is 0
+    tree_log_weight = zeros
+    momentum_sum = momentum
+    active = torch.ones(chains, dtype=torch.bool, device=device)
+    diverging = torch.zeros_like(active)
+    depth = torch.zeros(chains, dtype=torch.int64, device=device)
+    n_steps = zeros
+    accept_sum = zeros
+
+    for d in range(max_tree_depth):
+        depth = depth + active.to(depth.dtype)  # Stan counts the doubling even if rejected
+        # one draw per doubling: [direction, merge, one per leaf]
+        log_uniforms = rng.uniform(step_index, DEPTH_STREAM + d, (2**d + 2,), dtype).log()
+        going_right = log_uniforms[:, 0] < -math.log(2.0)
+        signed_step = torch.where(going_right, step_size, -step_size)[:, None]
+        half_step = 0.5 * signed_step
+        edge = torch.where(going_right[:, None], right, left)
+        position, r, grad = edge[:, :dim], edge[:, dim:2 * dim], edge[:, 2 * dim:3 * dim]
+        sub_proposal = proposal
+        sub_log_weight = torch.full_like(zeros, -math.inf)
+        sub_momentum_sum = torch.zeros_like(momentum)
+        checkpoint_velocity = momentum.new_empty((d + 1, chains, dim))
+        checkpoint_sum = momentum.new_empty((d + 1, chains, dim))
+        building = active
+        for n in range(2**d):
+            r = torch.addcmul(r, half_step, grad)
+            position = torch.addcmul(position, signed_step, velocity(r, metric))
+            log_density, grad = potential_fn(position)
+            starts = min(_trailing_zeros(n) if n else d, d)
+            ends = min(_trailing_zeros(n + 1), d)
+            (r, accept_sum, n_steps, building, diverging, sub_log_weight, sub_proposal,
+             sub_momentum_sum) = _leaf_update(
+                position, r, grad, log_density, half_step, metric.inverse_mass, energy0,
+                accept_sum, n_steps, building, diverging, sub_log_weight, sub_proposal,
+                sub_momentum_sum, checkpoint_velocity, checkpoint_sum, log_uniforms[:, 2 + n],
+                starts, ends, max_energy_error)
+            if n + 1 < 2**d and not bool(building.any()):
+                break
+        # merge the finished subtree: biased progressive sampling (Betancourt 2017)
+        merge = building
+        take = merge & (log_uniforms[:, 1] < sub_log_weight - tree_log_weight)
+        proposal = torch.where(take[:, None], sub_proposal, proposal)
+        tree_log_weight = torch.where(merge, torch.logaddexp(tree_log_weight, sub_log_weight),
+                                      tree_log_weight)
+        frontier = torch.cat([position, r, grad, log_density[:, None]], dim=1)
+        right = torch.where((merge & going_right)[:, None], frontier, right)
+        left = torch.where((merge & ~going_right)[:, None], frontier, left)
+        momentum_sum = torch.where(merge[:, None], momentum_sum + sub_momentum_sum, momentum_sum)
+        turned = _turning(velocity(left[:, dim:2 * dim], metric),
+                          velocity(right[:, dim:2 * dim], metric), momentum_sum)
+        active = merge & ~turned
+        if not bool(active.any()):
+            break
+
+    new_point = PhasePoint(proposal[:, :dim].contiguous(), proposal[:, 2 * dim],
+                           proposal[:, dim:2 * dim].contiguous())
+    info = NUTSInfo(accept_sum / n_steps.clamp(min=1), n_steps, depth, diverging,
+                    energy0 - proposal[:, 2 * dim + 1], step_size)
+    return new_point, info
+
+
+def _pack(point: PhasePoint, momentum: torch.Tensor) -> torch.Tensor:
+    return torch.cat([point.position, momentum, point.grad, point.log_density[:, None]], dim=1)
+
+
+class NUTSKernel:
+    """Batched NUTS on the kernel protocol, with Stan's warm-up (see module docstring).
+
+    ``potential_fn(flat [C, D]) -> (log_density [C], grad [C, D])``.
+    """
+
+    def __init__(self, potential_fn: PotentialFn, max_tree_depth: int = 10,
+                 target_accept: float = 0.8, dense_mass: bool = False,
+                 max_energy_error: float = 1000.0, init_step_size: float = 1.0,
+                 adapt_step_size: bool = True, adapt_mass_matrix: bool = True):
+        self.potential_fn = potential_fn
+        self.max_tree_depth = max_tree_depth
+        self.max_energy_error = max_energy_error
+        self.warmup = StanWarmup(target_accept, dense_mass, adapt_step_size,
+                                 adapt_mass_matrix, init_step_size)
+
+    def init(self, position: torch.Tensor, log_density: torch.Tensor, num_warmup: int) -> NUTSState:
+        log_density, grad = self.potential_fn(position)
+        return NUTSState(PhasePoint(position, log_density, grad),
+                         self.warmup.init(position, num_warmup))
+
+    def reevaluate(self, state: NUTSState) -> NUTSState:
+        """Recompute the cached density and gradient (the target changed, e.g. in Gibbs)."""
+        log_density, grad = self.potential_fn(state.point.position)
+        return state._replace(point=PhasePoint(state.point.position, log_density, grad))
+
+    def step(self, rng: ChainRNG, step_index: int, state: NUTSState,
+             warmup: bool) -> tuple[NUTSState, NUTSInfo]:
+        adapt = state.warmup
+        if not adapt.started:
+            adapt = self.warmup.begin(rng, step_index, adapt, state.point, self.potential_fn)
+        point, info = nuts_transition(rng, step_index, state.point, adapt.step_size,
+                                      adapt.metric, self.potential_fn, self.max_tree_depth,
+                                      self.max_energy_error)
+        if warmup:
+            adapt = self.warmup.update(rng, step_index, adapt, point, info.acceptance_rate,
+                                       self.potential_fn)
+        return NUTSState(point, adapt), info
+
+    def position(self, state: NUTSState) -> torch.Tensor:
+        return state.point.position
+
+    def stats(self, state: NUTSState, info: NUTSInfo) -> dict[str, torch.Tensor]:
+        return {
+            "acceptance_rate": info.acceptance_rate,
+            "diverging": info.diverging,
+            "energy": info.energy,
+            "lp": state.point.log_density,
+            "n_steps": info.n_steps,
+            "tree_depth": info.tree_depth,
+            "step_size": info.step_size,
+        }

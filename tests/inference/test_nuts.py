@@ -1,0 +1,278 @@
+"""Our batched NUTS and HMC: the integrator, the posteriors they sample, the seeding
+contract, the traced potential, and the CLI/API surface.
+
+References nobody here wrote: closed-form Gaussian posteriors (a correlated Gaussian
+target, conjugate linear regression), the leapfrog's known properties (exact
+reversibility, energy error O(eps^2)), and posteriordb's reference posteriors
+(slow; NUTS itself is checked on all of them in tests/models/test_posteriordb.py).
+Tolerances are Monte Carlo standard errors from ArviZ's ESS (|z| <= 4).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+from posteriordb_check import check_kernel_against_reference
+from test_random_walk import (
+    NOISE,
+    assert_moments_match,
+    conjugate_posterior,
+    flat_draws,
+)
+
+import bayesdl
+from bayesdl.errors import BayesdlError
+from bayesdl.inference.chees import ChEESKernel, halton
+from bayesdl.inference.counter_rng import ChainRNG
+from bayesdl.inference.driver import run_kernel
+from bayesdl.inference.hmc import HMCKernel
+from bayesdl.inference.integrator import PhasePoint, dense_metric, leapfrog, unit_metric
+from bayesdl.inference.nuts import NUTSKernel
+from bayesdl.inference.potential import BatchedPotential
+from bayesdl.inference.settings import chain_seed
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread(one_torch_thread):
+    """Every test here runs on one torch thread (see tests/conftest.py)."""
+
+
+def correlated_gaussian(dim: int = 5, seed: int = 0):
+    """A Gaussian target with strong correlations and scales from 0.3 to 3."""
+    generator = torch.Generator().manual_seed(seed)
+    q, _ = torch.linalg.qr(torch.randn(dim, dim, generator=generator, dtype=torch.float64))
+    scales = torch.logspace(math.log10(0.3), math.log10(3.0), dim, dtype=torch.float64)
+    cov = q @ torch.diag(scales**2) @ q.T
+    mean = torch.linspace(-2, 2, dim, dtype=torch.float64)
+    precision = torch.linalg.inv(cov)
+
+    def potential(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        centred = x - mean
+        grad = -centred @ precision
+        return 0.5 * (grad * centred).sum(-1), grad
+
+    return potential, mean, cov
+
+
+# ----------------------------------------------------------------- the integrator
+def test_leapfrog_is_reversible_and_its_energy_error_is_second_order():
+    potential, _, _ = correlated_gaussian()
+    x = torch.randn(3, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    r = torch.randn(3, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    metric = unit_metric(x)
+    start = PhasePoint(x, *potential(x))
+
+    def run(point, momentum, eps, steps):
+        for _ in range(steps):
+            point, momentum = leapfrog(point, momentum, eps, metric, potential)
+        return point, momentum
+
+    eps = torch.full((3,), 0.05, dtype=torch.float64)
+    end, end_r = run(start, r, eps, 40)
+    back, back_r = run(end, -end_r, eps, 40)
+    torch.testing.assert_close(back.position, x, rtol=0, atol=1e-10)
+    torch.testing.assert_close(-back_r, r, rtol=0, atol=1e-10)
+
+    def energy_error(step):
+        steps = round(1.0 / step)
+        point, momentum = run(start, r, torch.full((3,), step, dtype=torch.float64), steps)
+        h0 = 0.5 * (r * r).sum(-1) - start.log_density
+        h1 = 0.5 * (momentum * momentum).sum(-1) - point.log_density
+        return (h1 - h0).abs().max().item()
+
+    ratio = energy_error(0.02) / energy_error(0.01)
+    assert 3.0 < ratio < 5.0, ratio  # halving eps quarters the error
+
+
+def test_dense_metric_draws_momenta_with_the_mass_matrix_as_covariance():
+    _, _, cov = correlated_gaussian()
+    metric = dense_metric(cov.expand(20000, 5, 5).clone())
+    rng = ChainRNG(list(range(20000)))
+    from bayesdl.inference.integrator import sample_momentum
+    momenta = sample_momentum(rng, 0, 0, metric, torch.zeros(20000, 5, dtype=torch.float64))
+    empirical = torch.cov(momenta.T)
+    torch.testing.assert_close(empirical, torch.linalg.inv(cov), rtol=0.1, atol=0.05)
+
+
+# ----------------------------------------------------------------- posteriors
+@pytest.mark.parametrize("kernel_name", ["nuts-diag", "nuts-dense", "hmc-diag"])
+def test_correlated_gaussian_moments(kernel_name):
+    potential, mean, cov = correlated_gaussian()
+    dense = kernel_name.endswith("dense")
+    if kernel_name.startswith("nuts"):
+        kernel = NUTSKernel(potential, dense_mass=dense)
+    else:
+        kernel = HMCKernel(potential, trajectory_length=3.0)
+    rng = ChainRNG([chain_seed(3, c) for c in range(4)])
+    start = torch.zeros(4, 5, dtype=torch.float64)
+    draws, stats, _ = run_kernel(kernel, rng, start, potential(start)[0], 300, 600,
+                                 progress=False)
+    assert_moments_match(draws.numpy(), mean.numpy(), cov.diagonal().sqrt().numpy())
+    assert not stats["diverging"].any()
+    accept = float(stats["acceptance_rate"].mean())
+    assert 0.7 < accept < 0.99, accept  # dual averaging aims at 0.8
+
+
+def test_chees_many_chains_correlated_gaussian():
+    # 256 chains share a step size and learn the trajectory length across chains
+    potential, mean, cov = correlated_gaussian()
+    rng = ChainRNG([chain_seed(11, c) for c in range(256)])
+    start = torch.zeros(256, 5, dtype=torch.float64)
+    draws, stats, state = run_kernel(ChEESKernel(potential), rng, start, potential(start)[0],
+                                     400, 100, progress=False)
+    assert_moments_match(draws.numpy(), mean.numpy(), cov.diagonal().sqrt().numpy())
+    # the learned length is of the order of the largest scale (3), far from its start (1)
+    length = float(stats["trajectory_length"][0, 0])
+    assert 2.0 < length < 30.0, length
+    assert torch.all(stats["n_steps"] == stats["n_steps"][:1])  # one step count for all chains
+
+
+def test_dense_metric_learns_the_covariance():
+    # with the posterior covariance as metric the target is isotropic, so NUTS needs
+    # far fewer leapfrog steps than with a diagonal metric on this correlated Gaussian
+    potential, _, _ = correlated_gaussian()
+    steps = {}
+    for dense in (False, True):
+        rng = ChainRNG([5, 6])
+        start = torch.zeros(2, 5, dtype=torch.float64)
+        _, stats, state = run_kernel(NUTSKernel(potential, dense_mass=dense), rng, start,
+                                     potential(start)[0], 300, 100, progress=False)
+        steps[dense] = float(stats["n_steps"].mean())
+    assert steps[True] < 0.6 * steps[False], steps
+
+
+@pytest.fixture(scope="module")
+def conjugate_nuts():
+    return bayesdl.infer("linear_regression", method="nuts", chains=4, warmup=200, draws=400,
+                         seed=2, args={"noise": NOISE}, progress=False)
+
+
+def test_conjugate_linear_regression_through_the_api(conjugate_nuts):
+    mean, cov = conjugate_posterior()
+    assert_moments_match(flat_draws(conjugate_nuts), mean, np.sqrt(np.diag(cov)))
+
+
+def test_sample_stats_have_arviz_names(conjugate_nuts):
+    stats = conjugate_nuts.sample_stats
+    for name in ("diverging", "energy", "step_size", "tree_depth", "n_steps",
+                 "acceptance_rate", "lp"):
+        assert stats[name].shape == (4, 400), name
+    assert stats["diverging"].dtype == bool
+    assert int(stats["tree_depth"].max()) <= 10
+    # n_steps is at most the tree's 2^depth - 1 leaves, and at least depth of them
+    depth, steps = stats["tree_depth"].values, stats["n_steps"].values
+    assert np.all(steps <= 2.0**depth - 1) and np.all(steps >= depth)
+    assert np.all(stats["step_size"].values == stats["step_size"].values[:, :1])
+
+
+def test_constrained_site_against_a_conjugate_gamma_posterior():
+    # y ~ N(0, 1/tau), tau ~ Gamma(a, b): tau | y ~ Gamma(a + n/2, b + sum(y^2)/2)
+    y = torch.tensor([0.5, -1.3, 2.2, 0.1, -0.7, 1.6, -0.2, 0.9], dtype=torch.float64)
+
+    def model(y):
+        tau = pyro.sample("tau", dist.Gamma(torch.tensor(2.0, dtype=y.dtype), 1.0))
+        with pyro.plate("n", y.shape[0]):
+            pyro.sample("y", dist.Normal(0.0, tau.rsqrt()), obs=y)
+
+    idata = bayesdl.infer(model, {"y": y}, method="nuts", chains=4, warmup=200, draws=500,
+                          seed=4, progress=False)
+    shape, rate = 2.0 + len(y) / 2, 1.0 + float((y**2).sum()) / 2
+    draws = idata.posterior["tau"].values[..., None]
+    assert_moments_match(draws, np.array([shape / rate]), np.array([math.sqrt(shape) / rate]))
+
+
+# ----------------------------------------------------------------- seeding contract
+def test_chain_zero_of_a_batched_run_equals_a_one_chain_run():
+    four = bayesdl.infer("eight_schools", method="nuts", chains=4, warmup=60, draws=30,
+                         seed=7, progress=False)
+    one = bayesdl.infer("eight_schools", method="nuts", chains=1, warmup=60, draws=30,
+                        seed=7, progress=False)
+    third = bayesdl.infer("eight_schools", method="nuts", chains=1, warmup=60, draws=30,
+                          seed=chain_seed(7, 2), progress=False)
+    for name in ("mu", "tau", "theta_trans"):
+        np.testing.assert_allclose(four.posterior[name].values[0], one.posterior[name].values[0],
+                                   rtol=1e-9, atol=1e-12)
+        np.testing.assert_allclose(four.posterior[name].values[2],
+                                   third.posterior[name].values[0], rtol=1e-9, atol=1e-12)
+    again = bayesdl.infer("eight_schools", method="nuts", chains=4, warmup=60, draws=30,
+                          seed=7, progress=False)
+    np.testing.assert_array_equal(four.posterior["mu"].values, again.posterior["mu"].values)
+
+
+# ----------------------------------------------------------------- traced potential
+@pytest.mark.parametrize("model", ["eight_schools", "kidiq", "arK", "logistic_regression",
+                                   "gp_pois_regr", "low_dim_gauss_mix"])
+def test_traced_potential_equals_the_model(model):
+    from bayesdl.device import run_context
+    from bayesdl.model_source import load_model_spec
+    with run_context(torch.device("cpu"), torch.float64):
+        spec = load_model_spec(model, None, {}, torch.device("cpu"), torch.float64)
+        potential = BatchedPotential(spec.model, spec.data)
+        points = torch.randn(3, potential.dim, dtype=torch.float64,
+                             generator=torch.Generator().manual_seed(0))
+        eager_value = potential.log_density(points)
+        eager_value_and_grad = potential.log_density_and_grad(points)
+        assert potential.accelerate(points, "trace")  # the trace was kept
+        torch.testing.assert_close(potential.log_density(points), eager_value,
+                                   rtol=1e-10, atol=1e-10)
+        for mine, theirs in zip(potential.log_density_and_grad(points), eager_value_and_grad,
+                                strict=True):
+            torch.testing.assert_close(mine, theirs, rtol=1e-10, atol=1e-10)
+        # other shapes run the model itself
+        value, grad = potential.log_density_and_grad(points[:2] * 0.1)
+        assert value.shape == (2,) and grad.shape == (2, potential.dim)
+
+
+CALLS = [0]
+
+
+def drifting_model():
+    """Its log density changes from call to call (a Python-side counter), as a model that
+    branches on a latent or draws its own random numbers looks to a trace."""
+    CALLS[0] += 1
+    x = pyro.sample("x", dist.Normal(torch.tensor(0.0, dtype=torch.float64), 1.0))
+    pyro.factor("drift", 0.1 * CALLS[0] * x)
+
+
+def test_traced_potential_is_dropped_when_it_disagrees_with_the_model():
+    potential = BatchedPotential(drifting_model, {})
+    example = torch.full((2, 1), 0.5, dtype=torch.float64)
+    with pytest.warns(UserWarning, match="disagrees"):
+        assert not potential.accelerate(example, "trace")
+    assert not potential.accelerate(example, "auto")
+
+
+def test_unknown_backend_and_potential_are_one_line_errors():
+    with pytest.raises(BayesdlError, match="unknown backend"):
+        bayesdl.infer("eight_schools", method="nuts", backend="stan", progress=False)
+    with pytest.raises(BayesdlError, match="unknown potential"):
+        bayesdl.infer("eight_schools", method="nuts", potential="fast", draws=2, warmup=2,
+                      progress=False)
+
+
+def test_pyro_backend_still_runs():
+    idata = bayesdl.infer("eight_schools", method="nuts", backend="pyro", chains=1, warmup=20,
+                          draws=10, progress=False)
+    assert idata.posterior["mu"].shape == (1, 10)
+
+
+# ----------------------------------------------------------------- reference posteriors
+def test_halton_sequence():
+    assert [halton(i) for i in range(1, 8)] == [0.5, 0.25, 0.75, 0.125, 0.625, 0.375, 0.875]
+
+
+@pytest.mark.slow
+def test_chees_matches_posteriordb_eight_schools():
+    check_kernel_against_reference("eight_schools", "eight_schools-eight_schools_noncentered",
+                                   "chees", chains=128, warmup=500, draws=200)
+
+
+@pytest.mark.slow
+def test_hmc_matches_posteriordb_eight_schools():
+    check_kernel_against_reference("eight_schools", "eight_schools-eight_schools_noncentered",
+                                   "hmc", chains=8, warmup=1000, draws=2000)
