@@ -28,6 +28,7 @@ import torch
 
 from bayesdl.inference.counter_rng import ChainRNG
 from bayesdl.inference.integrator import (
+    HamiltonianKernel,
     Metric,
     PhasePoint,
     PotentialFn,
@@ -35,6 +36,7 @@ from bayesdl.inference.integrator import (
     hamiltonian,
     leapfrog,
     sample_momentum,
+    select_point,
     velocity,
 )
 from bayesdl.inference.step_size import reasonable_step_size
@@ -83,7 +85,7 @@ class ChEESInfo(NamedTuple):
     trajectory_length: torch.Tensor
 
 
-class ChEESKernel:
+class ChEESKernel(HamiltonianKernel):
     """Batched ChEES-HMC; ``potential_fn(flat [C, D]) -> (log_density [C], grad [C, D])``."""
 
     def __init__(self, potential_fn: PotentialFn, target_accept: float = 0.651,
@@ -112,10 +114,6 @@ class ChEESKernel:
             started=False,
         )
 
-    def reevaluate(self, state: ChEESState) -> ChEESState:
-        log_density, grad = self.potential_fn(state.point.position)
-        return state._replace(point=PhasePoint(state.point.position, log_density, grad))
-
     def step(self, rng: ChainRNG, step_index: int, state: ChEESState,
              warmup: bool) -> tuple[ChEESState, ChEESInfo]:
         if not state.started:
@@ -136,9 +134,7 @@ class ChEESKernel:
         accept_prob = log_ratio.clamp(max=0).exp()
         log_u = rng.uniform(step_index, ACCEPT_STREAM, (), energy0.dtype).log()
         accept = log_u < log_ratio
-        new = PhasePoint(torch.where(accept[:, None], point.position, point0.position),
-                         torch.where(accept, point.log_density, point0.log_density),
-                         torch.where(accept[:, None], point.grad, point0.grad))
+        new = select_point(accept, point, point0)
         if warmup:
             state = self._adapt(rng, step_index, state, point0, point, r, accept_prob, jitter,
                                 new)
@@ -216,17 +212,3 @@ class ChEESKernel:
             state = state._replace(log_step=state.log_step_avg,
                                    log_length=math.log(max(state.length_avg, 1e-8)))
         return state
-
-    def position(self, state: ChEESState) -> torch.Tensor:
-        return state.point.position
-
-    def stats(self, state: ChEESState, info: ChEESInfo) -> dict[str, torch.Tensor]:
-        return {
-            "acceptance_rate": info.acceptance_rate,
-            "diverging": info.diverging,
-            "energy": info.energy,
-            "lp": state.point.log_density,
-            "n_steps": info.n_steps,
-            "step_size": info.step_size,
-            "trajectory_length": info.trajectory_length,
-        }

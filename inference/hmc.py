@@ -16,11 +16,13 @@ import torch
 from bayesdl.inference.counter_rng import ChainRNG
 from bayesdl.inference.hmc_warmup import StanWarmup, WarmupState
 from bayesdl.inference.integrator import (
+    HamiltonianKernel,
     PhasePoint,
     PotentialFn,
     hamiltonian,
     leapfrog,
     sample_momentum,
+    select_point,
 )
 
 MOMENTUM_STREAM = 21
@@ -40,7 +42,7 @@ class HMCInfo(NamedTuple):
     step_size: torch.Tensor  # [C]
 
 
-class HMCKernel:
+class HMCKernel(HamiltonianKernel):
     """Batched HMC; ``potential_fn(flat [C, D]) -> (log_density [C], grad [C, D])``."""
 
     def __init__(self, potential_fn: PotentialFn, num_steps: int = 0,
@@ -59,10 +61,6 @@ class HMCKernel:
         return HMCState(PhasePoint(position, log_density, grad),
                         self.warmup.init(position, num_warmup))
 
-    def reevaluate(self, state: HMCState) -> HMCState:
-        log_density, grad = self.potential_fn(state.point.position)
-        return state._replace(point=PhasePoint(state.point.position, log_density, grad))
-
     def step(self, rng: ChainRNG, step_index: int, state: HMCState,
              warmup: bool) -> tuple[HMCState, HMCInfo]:
         adapt = state.warmup
@@ -79,17 +77,13 @@ class HMCKernel:
         for n in range(int(steps.max())):  # one host read per transition
             moving = steps > n
             new_point, new_r = leapfrog(point, r, step_size, metric, self.potential_fn)
-            point = PhasePoint(torch.where(moving[:, None], new_point.position, point.position),
-                               torch.where(moving, new_point.log_density, point.log_density),
-                               torch.where(moving[:, None], new_point.grad, point.grad))
+            point = select_point(moving, new_point, point)
             r = torch.where(moving[:, None], new_r, r)
         energy = hamiltonian(point, r, metric)
         log_ratio = torch.nan_to_num(energy0 - energy, nan=-math.inf)
         log_u = rng.uniform(step_index, ACCEPT_STREAM, (), point0.position.dtype).log()
         accept = log_u < log_ratio
-        new = PhasePoint(torch.where(accept[:, None], point.position, point0.position),
-                         torch.where(accept, point.log_density, point0.log_density),
-                         torch.where(accept[:, None], point.grad, point0.grad))
+        new = select_point(accept, point, point0)
         info = HMCInfo(log_ratio.clamp(max=0).exp(), steps,
                        log_ratio < -self.max_energy_error,
                        torch.where(accept, energy, energy0), step_size)
@@ -97,16 +91,3 @@ class HMCKernel:
             adapt = self.warmup.update(rng, step_index, adapt, new, info.acceptance_rate,
                                        self.potential_fn)
         return HMCState(new, adapt), info
-
-    def position(self, state: HMCState) -> torch.Tensor:
-        return state.point.position
-
-    def stats(self, state: HMCState, info: HMCInfo) -> dict[str, torch.Tensor]:
-        return {
-            "acceptance_rate": info.acceptance_rate,
-            "diverging": info.diverging,
-            "energy": info.energy,
-            "lp": state.point.log_density,
-            "n_steps": info.n_steps,
-            "step_size": info.step_size,
-        }

@@ -94,3 +94,29 @@ def hamiltonian(point: PhasePoint, momentum: torch.Tensor, metric: Metric) -> to
     """``-log p + K``; NaN becomes +inf (an infinitely bad point)."""
     energy = kinetic_energy(momentum, metric) - point.log_density
     return torch.nan_to_num(energy, nan=math.inf, posinf=math.inf, neginf=-math.inf)
+
+
+def select_point(mask: torch.Tensor, new: PhasePoint, old: PhasePoint) -> PhasePoint:
+    """Per chain: ``new`` where ``mask [C]`` holds, else ``old``."""
+    column = mask[:, None]
+    return PhasePoint(torch.where(column, new.position, old.position),
+                      torch.where(mask, new.log_density, old.log_density),
+                      torch.where(column, new.grad, old.grad))
+
+
+class HamiltonianKernel:
+    """Protocol methods shared by kernels whose state holds ``point: PhasePoint`` and whose
+    info NamedTuple is named as ArviZ's sampler statistics."""
+
+    potential_fn: PotentialFn
+
+    def position(self, state) -> torch.Tensor:
+        return state.point.position
+
+    def reevaluate(self, state):
+        """Recompute the cached density and gradient (the target changed, e.g. in Gibbs)."""
+        log_density, grad = self.potential_fn(state.point.position)
+        return state._replace(point=PhasePoint(state.point.position, log_density, grad))
+
+    def stats(self, state, info) -> dict[str, torch.Tensor]:
+        return {**info._asdict(), "lp": state.point.log_density}

@@ -26,6 +26,7 @@ import torch
 from bayesdl.inference.counter_rng import ChainRNG
 from bayesdl.inference.hmc_warmup import StanWarmup, WarmupState
 from bayesdl.inference.integrator import (
+    HamiltonianKernel,
     Metric,
     PhasePoint,
     PotentialFn,
@@ -192,7 +193,7 @@ def _pack(point: PhasePoint, momentum: torch.Tensor) -> torch.Tensor:
     return torch.cat([point.position, momentum, point.grad, point.log_density[:, None]], dim=1)
 
 
-class NUTSKernel:
+class NUTSKernel(HamiltonianKernel):
     """Batched NUTS on the kernel protocol, with Stan's warm-up (see module docstring).
 
     ``potential_fn(flat [C, D]) -> (log_density [C], grad [C, D])``.
@@ -213,11 +214,6 @@ class NUTSKernel:
         return NUTSState(PhasePoint(position, log_density, grad),
                          self.warmup.init(position, num_warmup))
 
-    def reevaluate(self, state: NUTSState) -> NUTSState:
-        """Recompute the cached density and gradient (the target changed, e.g. in Gibbs)."""
-        log_density, grad = self.potential_fn(state.point.position)
-        return state._replace(point=PhasePoint(state.point.position, log_density, grad))
-
     def step(self, rng: ChainRNG, step_index: int, state: NUTSState,
              warmup: bool) -> tuple[NUTSState, NUTSInfo]:
         adapt = state.warmup
@@ -230,17 +226,3 @@ class NUTSKernel:
             adapt = self.warmup.update(rng, step_index, adapt, point, info.acceptance_rate,
                                        self.potential_fn)
         return NUTSState(point, adapt), info
-
-    def position(self, state: NUTSState) -> torch.Tensor:
-        return state.point.position
-
-    def stats(self, state: NUTSState, info: NUTSInfo) -> dict[str, torch.Tensor]:
-        return {
-            "acceptance_rate": info.acceptance_rate,
-            "diverging": info.diverging,
-            "energy": info.energy,
-            "lp": state.point.log_density,
-            "n_steps": info.n_steps,
-            "tree_depth": info.tree_depth,
-            "step_size": info.step_size,
-        }

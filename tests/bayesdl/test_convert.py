@@ -157,10 +157,10 @@ def saved_run(tmp_path_factory):
     return run, idata
 
 
-def test_run_directory_holds_the_four_files(saved_run):
+def test_run_directory_holds_the_four_files_and_the_sampler_state(saved_run):
     run, _ = saved_run
-    assert sorted(p.name for p in run.iterdir()) == ["posterior.nc", "settings.json",
-                                                     "summary.csv", "trace.png"]
+    assert sorted(p.name for p in run.iterdir()) == ["kernel_state.pt", "posterior.nc",
+                                                     "settings.json", "summary.csv", "trace.png"]
     assert not [p for p in run.parent.iterdir() if p.name.startswith(".")]  # no temp dirs
 
 
