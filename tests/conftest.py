@@ -1,5 +1,12 @@
 """Shared fixtures."""
 
+import os
+
+# Ray on Linux rewrites 127.0.0.1 to the machine's address unless its single-machine mode
+# is on. The Ray tests run a cluster on loopback only, and the switch must be set before
+# any test module imports Ray, so it is set here, before collection.
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+
 from collections.abc import Iterator
 
 import pytest
