@@ -19,9 +19,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import shutil
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +32,7 @@ from pyro.poutine.util import site_is_subsample
 from tqdm.auto import tqdm
 
 from bayesdl.errors import BayesdlError
+from bayesdl.runs import write_directory
 
 DEFAULT_ALPHA = 0.01
 
@@ -437,18 +435,8 @@ def rank_histogram(result: SBCResult, path: str | Path, max_panels: int = 24) ->
 
 def write_sbc(result: SBCResult, path: str | Path) -> Path:
     """Write ``ranks.csv``, ``sbc.json`` and ``ranks.png`` into a new directory, atomically."""
-    path = Path(path)
-    parent = path.parent if str(path.parent) else Path(".")
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=parent))
-    except OSError as error:
-        raise BayesdlError(f"cannot write the output directory {str(path)!r}: "
-                           f"{error.strerror or error}") from None
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        tmp.chmod(0o777 & ~umask)  # mkdtemp's 0700 would hide the result from others
+
+    def write_files(tmp: Path) -> None:
         header = ["replication", "kept_draws"] + [f"rank:{n}" for n in result.names] + \
             [f"prior:{n}" for n in result.names]
         lines = [",".join(header)]
@@ -459,17 +447,8 @@ def write_sbc(result: SBCResult, path: str | Path) -> Path:
         (tmp / "ranks.csv").write_text("\n".join(lines) + "\n")
         (tmp / "sbc.json").write_text(json.dumps(result.record(), indent=2) + "\n")
         rank_histogram(result, tmp / "ranks.png")
-        if path.exists():
-            raise BayesdlError(f"output directory {str(path)!r} appeared while running; "
-                               "the check was not written")
-        os.replace(tmp, path)
-    except OSError as error:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise BayesdlError(f"cannot write {str(path)!r}: {error.strerror or error}") from None
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return path
+
+    return write_directory(Path(path), write_files, what="check")
 
 
 __all__ = ["SBCResult", "check", "simulate", "fractional_ranks", "uniformity_test",

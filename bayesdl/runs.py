@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -48,10 +49,9 @@ def choose_run_dir(out: str | Path | None, model: str, method: str, resume: bool
     return path
 
 
-def write_run(path: Path, idata: az.InferenceData | None, settings: dict[str, Any],
-              write_files) -> Path:
-    """Write a run into ``path`` atomically; ``write_files(tmp_dir)`` adds the rest
-    (``idata=None``: no posterior.nc, as for ``bayesdl train``)."""
+def write_directory(path: Path, write_files: Callable[[Path], None], what: str = "run") -> Path:
+    """Create the directory ``path`` whole or not at all: ``write_files(tmp_dir)`` fills a
+    hidden sibling, which is renamed to ``path`` only when everything is written."""
     parent = path.parent if str(path.parent) else Path(".")
     try:
         parent.mkdir(parents=True, exist_ok=True)
@@ -60,18 +60,35 @@ def write_run(path: Path, idata: az.InferenceData | None, settings: dict[str, An
         raise BayesdlError(f"cannot write the output directory {str(path)!r}: "
                            f"{error.strerror or error}") from None
     try:
-        if idata is not None:
-            idata.to_netcdf(str(tmp / "posterior.nc"))
-        (tmp / "settings.json").write_text(json.dumps(settings, indent=2, default=str) + "\n")
+        umask = os.umask(0)
+        os.umask(umask)
+        tmp.chmod(0o777 & ~umask)  # mkdtemp's 0700 would hide the result from others
         write_files(tmp)
         if path.exists():
             raise BayesdlError(f"output directory {str(path)!r} appeared while running; "
-                               "the run was not written")
+                               f"the {what} was not written")
         os.replace(tmp, path)
+    except OSError as error:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise BayesdlError(f"cannot write {str(path)!r}: {error.strerror or error}") from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return path
+
+
+def write_run(path: Path, idata: az.InferenceData | None, settings: dict[str, Any],
+              write_files) -> Path:
+    """Write a run into ``path`` atomically; ``write_files(tmp_dir)`` adds the rest
+    (``idata=None``: no posterior.nc, as for ``bayesdl train``)."""
+
+    def write_all(tmp: Path) -> None:
+        if idata is not None:
+            idata.to_netcdf(str(tmp / "posterior.nc"))
+        (tmp / "settings.json").write_text(json.dumps(settings, indent=2, default=str) + "\n")
+        write_files(tmp)
+
+    return write_directory(path, write_all)
 
 
 def load(run: str | Path) -> az.InferenceData:
