@@ -19,11 +19,14 @@ draw costs the slowest chain's tree, not 2^max_depth leaves.
 from __future__ import annotations
 
 import math
+import warnings
+from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
 
 from bayesdl.inference.counter_rng import ChainRNG
+from bayesdl.inference.fused_leaf import FusedLeaf, _trailing_zeros, weigh_leaf
 from bayesdl.inference.hmc_warmup import StanWarmup, WarmupState
 from bayesdl.inference.integrator import (
     HamiltonianKernel,
@@ -53,17 +56,6 @@ class NUTSInfo(NamedTuple):
     step_size: torch.Tensor  # [C] the step size this transition used
 
 
-def _trailing_zeros(n: int) -> int:
-    return (n & -n).bit_length() - 1
-
-
-def _turning(left_velocity: torch.Tensor, right_velocity: torch.Tensor,
-             momentum_sum: torch.Tensor) -> torch.Tensor:
-    """Betancourt's generalised criterion: either end's velocity points against rho."""
-    return ((left_velocity * momentum_sum).sum(-1) <= 0) | (
-        (right_velocity * momentum_sum).sum(-1) <= 0)
-
-
 @torch.jit.script
 def _leaf_update(position: torch.Tensor, r: torch.Tensor, grad: torch.Tensor,
                  log_density: torch.Tensor, half_step: torch.Tensor,
@@ -83,18 +75,9 @@ def _leaf_update(position: torch.Tensor, r: torch.Tensor, grad: torch.Tensor,
         v = torch.matmul(inverse_mass, r.unsqueeze(-1)).squeeze(-1)
     else:
         v = inverse_mass * r
-    log_weight = torch.add(log_density + energy0, (r * v).sum(-1), alpha=-0.5)
-    log_weight = torch.nan_to_num(log_weight, nan=-math.inf)
-    weight = building.to(log_weight.dtype)
-    accept_sum = torch.addcmul(accept_sum, weight, log_weight.clamp(max=0.0).exp())
-    n_steps = n_steps + weight
-    diverged = building & (log_weight < -max_energy_error)
-    diverging = diverging | diverged
-    # multinomial sampling inside the subtree: keep the new leaf w.p. w / sum(w)
-    sub_log_weight = torch.logaddexp(sub_log_weight, log_weight)
-    take = log_u < log_weight - sub_log_weight
-    leaf = torch.cat([position, grad, log_density.unsqueeze(1), log_weight.unsqueeze(1)], dim=1)
-    sub_proposal = torch.where(take.unsqueeze(1), leaf, sub_proposal)
+    accept_sum, n_steps, diverged, diverging, sub_log_weight, sub_proposal = weigh_leaf(
+        position, r, v, grad, log_density, energy0, accept_sum, n_steps, building, diverging,
+        sub_log_weight, sub_proposal, log_u, max_energy_error)
     if starts > 0:
         checkpoint_velocity[1:starts + 1] = v
         checkpoint_sum[1:starts + 1] = sub_momentum_sum
@@ -110,15 +93,46 @@ def _leaf_update(position: torch.Tensor, r: torch.Tensor, grad: torch.Tensor,
             sub_momentum_sum)
 
 
+@torch.jit.script
+def _merge_subtree(merge: torch.Tensor, going_right: torch.Tensor, log_u: torch.Tensor,
+                   sub_log_weight: torch.Tensor, tree_log_weight: torch.Tensor,
+                   sub_proposal: torch.Tensor, proposal: torch.Tensor, position: torch.Tensor,
+                   r: torch.Tensor, grad: torch.Tensor, log_density: torch.Tensor,
+                   left: torch.Tensor, right: torch.Tensor, momentum_sum: torch.Tensor,
+                   sub_momentum_sum: torch.Tensor, inverse_mass: torch.Tensor):
+    """Join a finished subtree to the tree, for the chains in ``merge``: biased progressive
+    sampling of the proposal (Betancourt 2017), the new edge on the side it grew, and the
+    U-turn check of the whole tree. Scripted, as it runs once per doubling."""
+    dim = position.shape[1]
+    take = merge & (log_u < sub_log_weight - tree_log_weight)
+    proposal = torch.where(take[:, None], sub_proposal, proposal)
+    tree_log_weight = torch.where(merge, torch.logaddexp(tree_log_weight, sub_log_weight),
+                                  tree_log_weight)
+    frontier = torch.cat([position, r, grad, log_density[:, None]], dim=1)
+    right = torch.where((merge & going_right)[:, None], frontier, right)
+    left = torch.where((merge & ~going_right)[:, None], frontier, left)
+    momentum_sum = torch.where(merge[:, None], momentum_sum + sub_momentum_sum, momentum_sum)
+    left_r, right_r = left[:, dim:2 * dim], right[:, dim:2 * dim]
+    if inverse_mass.dim() == 3:
+        left_v = torch.matmul(inverse_mass, left_r.unsqueeze(-1)).squeeze(-1)
+        right_v = torch.matmul(inverse_mass, right_r.unsqueeze(-1)).squeeze(-1)
+    else:
+        left_v, right_v = inverse_mass * left_r, inverse_mass * right_r
+    turned = ((left_v * momentum_sum).sum(-1) <= 0) | ((right_v * momentum_sum).sum(-1) <= 0)
+    return proposal, tree_log_weight, left, right, momentum_sum, merge & ~turned
+
+
 def nuts_transition(rng: ChainRNG, step_index: int, point: PhasePoint, step_size: torch.Tensor,
                     metric: Metric, potential_fn: PotentialFn, max_tree_depth: int = 10,
-                    max_energy_error: float = 1000.0) -> tuple[PhasePoint, NUTSInfo]:
+                    max_energy_error: float = 1000.0,
+                    fused: FusedLeaf | None = None) -> tuple[PhasePoint, NUTSInfo]:
     """One NUTS draw for every chain from ``point`` (see the module docstring).
 
     The leaf loop is written for few tensor operations (it is the hot path on CPU,
     where each operation costs about a microsecond whatever its size): masks are
     applied arithmetically where possible, and a subtree's proposal is one packed
-    tensor ``[position | grad | log_density | log_weight]``.
+    tensor ``[position | grad | log_density | log_weight]``. ``fused``, when given, runs
+    each leaf as one compiled graph (:mod:`~bayesdl.inference.fused_leaf`).
     """
     chains, dim = point.position.shape
     dtype, device = point.position.dtype, point.position.device
@@ -136,6 +150,8 @@ def nuts_transition(rng: ChainRNG, step_index: int, point: PhasePoint, step_size
     depth = torch.zeros(chains, dtype=torch.int64, device=device)
     n_steps = zeros
     accept_sum = zeros
+    if fused is not None:
+        checkpoint_velocity, checkpoint_sum = fused.checkpoints(momentum)
 
     for d in range(max_tree_depth):
         depth = depth + active.to(depth.dtype)  # Stan counts the doubling even if rejected
@@ -149,10 +165,24 @@ def nuts_transition(rng: ChainRNG, step_index: int, point: PhasePoint, step_size
         sub_proposal = proposal
         sub_log_weight = torch.full_like(zeros, -math.inf)
         sub_momentum_sum = torch.zeros_like(momentum)
-        checkpoint_velocity = momentum.new_empty((d + 1, chains, dim))
-        checkpoint_sum = momentum.new_empty((d + 1, chains, dim))
+        if fused is None:
+            checkpoint_velocity = momentum.new_empty((d + 1, chains, dim))
+            checkpoint_sum = momentum.new_empty((d + 1, chains, dim))
+        else:  # the compiled graph takes contiguous inputs
+            position, r, grad = position.contiguous(), r.contiguous(), grad.contiguous()
+            leaf_log_uniforms = log_uniforms[:, 2:].t().contiguous()
         building = active
         for n in range(2**d):
+            if fused is not None:
+                (position, r, grad, log_density, accept_sum, n_steps, building, diverging,
+                 sub_log_weight, sub_proposal, sub_momentum_sum, checkpoint_velocity,
+                 checkpoint_sum) = fused(
+                    d, n, position, r, grad, signed_step, metric.inverse_mass, energy0,
+                    accept_sum, n_steps, building, diverging, sub_log_weight, sub_proposal,
+                    sub_momentum_sum, checkpoint_velocity, checkpoint_sum, leaf_log_uniforms[n])
+                if n + 1 < 2**d and not bool(building.any()):
+                    break
+                continue
             r = torch.addcmul(r, half_step, grad)
             position = torch.addcmul(position, signed_step, velocity(r, metric))
             log_density, grad = potential_fn(position)
@@ -166,19 +196,10 @@ def nuts_transition(rng: ChainRNG, step_index: int, point: PhasePoint, step_size
                 starts, ends, max_energy_error)
             if n + 1 < 2**d and not bool(building.any()):
                 break
-        # merge the finished subtree: biased progressive sampling (Betancourt 2017)
-        merge = building
-        take = merge & (log_uniforms[:, 1] < sub_log_weight - tree_log_weight)
-        proposal = torch.where(take[:, None], sub_proposal, proposal)
-        tree_log_weight = torch.where(merge, torch.logaddexp(tree_log_weight, sub_log_weight),
-                                      tree_log_weight)
-        frontier = torch.cat([position, r, grad, log_density[:, None]], dim=1)
-        right = torch.where((merge & going_right)[:, None], frontier, right)
-        left = torch.where((merge & ~going_right)[:, None], frontier, left)
-        momentum_sum = torch.where(merge[:, None], momentum_sum + sub_momentum_sum, momentum_sum)
-        turned = _turning(velocity(left[:, dim:2 * dim], metric),
-                          velocity(right[:, dim:2 * dim], metric), momentum_sum)
-        active = merge & ~turned
+        proposal, tree_log_weight, left, right, momentum_sum, active = _merge_subtree(
+            building, going_right, log_uniforms[:, 1], sub_log_weight, tree_log_weight,
+            sub_proposal, proposal, position, r, grad, log_density, left, right, momentum_sum,
+            sub_momentum_sum, metric.inverse_mass)
         if not bool(active.any()):
             break
 
@@ -196,14 +217,19 @@ def _pack(point: PhasePoint, momentum: torch.Tensor) -> torch.Tensor:
 class NUTSKernel(HamiltonianKernel):
     """Batched NUTS on the kernel protocol, with Stan's warm-up (see module docstring).
 
-    ``potential_fn(flat [C, D]) -> (log_density [C], grad [C, D])``.
+    ``potential_fn(flat [C, D]) -> (log_density [C], grad [C, D])``. ``gradient_graph``
+    (``flat -> (grad, log_density)``, a traced graph) makes every leaf one compiled
+    graph (:mod:`~bayesdl.inference.fused_leaf`), compiled in :meth:`init`.
     """
 
     def __init__(self, potential_fn: PotentialFn, max_tree_depth: int = 10,
                  target_accept: float = 0.8, dense_mass: bool = False,
                  max_energy_error: float = 1000.0, init_step_size: float = 1.0,
-                 adapt_step_size: bool = True, adapt_mass_matrix: bool = True):
+                 adapt_step_size: bool = True, adapt_mass_matrix: bool = True,
+                 gradient_graph: Callable | None = None):
         self.potential_fn = potential_fn
+        self.gradient_graph = gradient_graph
+        self.fused: FusedLeaf | None = None
         self.max_tree_depth = max_tree_depth
         self.max_energy_error = max_energy_error
         self.warmup = StanWarmup(target_accept, dense_mass, adapt_step_size,
@@ -211,8 +237,18 @@ class NUTSKernel(HamiltonianKernel):
 
     def init(self, position: torch.Tensor, log_density: torch.Tensor, num_warmup: int) -> NUTSState:
         log_density, grad = self.potential_fn(position)
-        return NUTSState(PhasePoint(position, log_density, grad),
-                         self.warmup.init(position, num_warmup))
+        warmup = self.warmup.init(position, num_warmup)
+        if self.gradient_graph is not None and self.fused is None:
+            fused = FusedLeaf(self.gradient_graph, self.max_tree_depth, self.max_energy_error)
+            try:
+                fused.compile(position, warmup.metric.inverse_mass)
+                self.fused = fused
+            except Exception as error:  # noqa: BLE001 - any compiler failure: run unfused
+                warnings.warn(f"compiling the NUTS leaf failed ({type(error).__name__}: "
+                              f"{str(error).splitlines()[0][:160] if str(error) else ''}); "
+                              "running it uncompiled", stacklevel=2)
+                self.gradient_graph = None
+        return NUTSState(PhasePoint(position, log_density, grad), warmup)
 
     def step(self, rng: ChainRNG, step_index: int, state: NUTSState,
              warmup: bool) -> tuple[NUTSState, NUTSInfo]:
@@ -221,8 +257,14 @@ class NUTSKernel(HamiltonianKernel):
             adapt = self.warmup.begin(rng, step_index, adapt, state.point, self.potential_fn)
         point, info = nuts_transition(rng, step_index, state.point, adapt.step_size,
                                       adapt.metric, self.potential_fn, self.max_tree_depth,
-                                      self.max_energy_error)
+                                      self.max_energy_error, self._fused_for(state.point))
         if warmup:
             adapt = self.warmup.update(rng, step_index, adapt, point, info.acceptance_rate,
                                        self.potential_fn)
         return NUTSState(point, adapt), info
+
+    def _fused_for(self, point: PhasePoint) -> FusedLeaf | None:
+        """The compiled leaf if it was compiled for these shapes."""
+        if self.fused is None or point.position.shape != self.fused.shape:
+            return None
+        return self.fused

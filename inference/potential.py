@@ -24,7 +24,7 @@ from torch.func import grad_and_value, vmap
 
 from bayesdl.errors import BayesdlError
 from bayesdl.inference.counter_rng import ChainRNG
-from bayesdl.inference.traced_potential import agrees, trace_gradient
+from bayesdl.inference.traced_potential import agrees, compile_graph, script_graph, trace_graph
 
 INIT_STREAM = 1_000_003
 
@@ -62,6 +62,7 @@ class BatchedPotential:
         self.dim = sum(self.sizes)
         self._fast_value = self._fast_grad = None  # traced graphs, see accelerate()
         self._fast_shape: torch.Size | None = None
+        self.gradient_graph: torch.fx.GraphModule | None = None  # flat -> (grad, log p)
         self._batched_log_density = vmap(self._log_density_one)
         self._batched_grad = vmap(grad_and_value(self._log_density_one))
         self._probe_vmap()
@@ -161,31 +162,59 @@ class BatchedPotential:
 
         ``evaluation``: ``"eager"`` keeps running the model each call; ``"trace"`` traces
         it once into a lean graph (:mod:`~bayesdl.inference.traced_potential`), checked
-        against the model at random points; ``"compile"`` also compiles the graphs with
-        torch.compile (slow to start, fastest per call); ``"auto"`` traces and falls back
-        to the model silently. Returns whether the traced graphs are in use.
+        against the model at random points, and runs it with TorchScript; ``"compile"``
+        does the same and keeps the graph (``gradient_graph``) for a kernel to compile
+        with Inductor (:meth:`compiled_log_density_and_grad`, or NUTS's fused leaf);
+        ``"auto"`` traces and falls back to the model silently. Returns whether the
+        traced graphs are in use.
         """
         if evaluation not in ("auto", "eager", "trace", "compile"):
             raise BayesdlError(
                 f"unknown potential evaluation {evaluation!r}; choose auto, eager, trace or compile")
-        self._fast_value = self._fast_grad = None
+        self._fast_value = self._fast_grad = self.gradient_graph = None
         if evaluation == "eager" or self._batched_grad == self._loop_grad:
             return False
-        compile_graph = evaluation == "compile"
-        fast_grad = self._traced(self._batched_grad, example, compile_graph)
-        fast_value = self._traced(self._batched_log_density, example, compile_graph)
-        if fast_grad is None or fast_value is None:
+        traced_grad = self._traced(self._batched_grad, example)
+        traced_value = self._traced(self._batched_log_density, example)
+        if traced_grad is None or traced_value is None:
             if evaluation != "auto":
                 warnings.warn("the traced potential disagrees with the model (it branches on "
                               "latent values or draws random numbers); running the model "
                               "itself", stacklevel=2)
             return False
-        self._fast_shape = example.shape
-        self._fast_value, self._fast_grad = fast_value, fast_grad
+        self._fast_shape, self._example = example.shape, example
+        self._fast_value, self._fast_grad = traced_value[0], traced_grad[0]
+        if evaluation == "compile":
+            self.gradient_graph = traced_grad[1]
         return True
 
-    def _traced(self, function: Callable, example: torch.Tensor, compile_graph: bool):
-        """``function`` traced at ``example`` if it matches the model at random points, else None."""
+    def compiled_log_density_and_grad(self) -> Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+        """``log_density_and_grad`` with the traced graph compiled by Inductor for the
+        traced shape (a few seconds once; then each call is a few fused kernels). Falls
+        back, with a warning, to the TorchScript graph if compilation fails."""
+        if self.gradient_graph is None:
+            return self.log_density_and_grad
+        example = torch.zeros_like(self._example)
+        try:
+            compiled = compile_graph(self.gradient_graph, [example])
+        except Exception as error:  # noqa: BLE001 - any compiler failure: keep TorchScript
+            warnings.warn(f"compiling the potential failed ({type(error).__name__}: "
+                          f"{str(error).splitlines()[0][:160] if str(error) else ''}); "
+                          "running the traced graph with TorchScript", stacklevel=2)
+            return self.log_density_and_grad
+        shape, fallback = self._fast_shape, self.log_density_and_grad
+
+        def log_density_and_grad(flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            if flat.shape != shape:
+                return fallback(flat)
+            grad, value = compiled(flat)
+            return torch.where(torch.isnan(value), -math.inf, value), grad
+
+        return log_density_and_grad
+
+    def _traced(self, function: Callable, example: torch.Tensor):
+        """``(scripted, graph)`` for ``function`` traced at ``example`` if it matches the
+        model at random points, else None."""
 
         def reference(flat: torch.Tensor):
             with pyro.validation_enabled(False), poutine.block():
@@ -198,14 +227,13 @@ class BatchedPotential:
         ]
         try:
             with pyro.validation_enabled(False), poutine.block():
-                fast, _ = trace_gradient(function, example)
-            if compile_graph:
-                fast = torch.compile(fast, dynamic=False)
+                graph = trace_graph(function, example)
+            fast = script_graph(graph, example)
             if not agrees(fast, reference, points):
                 return None
         except Exception:  # noqa: BLE001 - any tracing limitation means: run the model
             return None
-        return fast
+        return fast, graph
 
     # ----------------------------------------------------------------- start
     def initial_positions(

@@ -10,8 +10,9 @@ model; it is the ``compile`` choice, for long runs.
 
 The simplifications are written here because no library offers them on a plain
 ``make_fx`` graph (torch.compile's passes come only with its whole compiler):
-constant folding (everything that depends only on the data), removal of additions of
-zeros and other identities, and common-subexpression elimination.
+constant folding (everything that depends only on the data), triangular solves with a
+constant matrix turned into products with its inverse, removal of additions of zeros
+and other identities, and common-subexpression elimination.
 
 A traced graph fixes Python control flow at the point it was traced: a model that
 branches on a latent value, or draws its own random numbers, would be wrong elsewhere.
@@ -87,6 +88,11 @@ def _fold_constants(gm: fx.GraphModule) -> None:
         if node.op in ("placeholder", "output", "get_attr") or depends.get(node, True):
             continue
         value = values[node]
+        if value is None and not node.users:
+            # a check on constants (e.g. that a Cholesky factorisation succeeded): it ran
+            # once just now; kept, it would keep the factorisation in every call
+            gm.graph.erase_node(node)
+            continue
         if not isinstance(value, torch.Tensor):
             continue
         if any(depends.get(user, True) for user in node.users):
@@ -139,6 +145,10 @@ def _simplify(gm: fx.GraphModule) -> None:
                 replacement = a
             elif _is_number(a, 1):
                 replacement = b
+        elif target is aten.permute.default and list(args[1]) == list(range(len(args[1]))):
+            replacement = args[0]
+        elif target is aten.cat.default and len(args[0]) == 1:
+            replacement = args[0][0]
         elif target is aten.pow.Tensor_Scalar and _is_number(args[1], 1):
             replacement = args[0]
         elif (target is aten.neg.default and isinstance(args[0], fx.Node)
@@ -162,6 +172,36 @@ def _simplify(gm: fx.GraphModule) -> None:
                     replacement = source.args[0]
         if isinstance(replacement, fx.Node) and _same_meta(node, replacement):
             node.replace_all_uses_with(replacement)
+    gm.graph.eliminate_dead_code()
+
+
+def _invert_constant_solves(gm: fx.GraphModule) -> None:
+    """``solve_triangular(A, B)`` with a constant ``A`` (a fixed covariance's Cholesky
+    factor) becomes ``A^{-1} @ B`` with the inverse computed once: a batched solve of a
+    few right-hand sides costs far more per call on CPU than a matrix product."""
+    count = 0
+    for node in list(gm.graph.nodes):
+        if node.target is not aten.linalg_solve_triangular.default:
+            continue
+        matrix, rhs = node.args[0], node.args[1]
+        upper = node.args[2] if len(node.args) > 2 else node.kwargs.get("upper")
+        left = node.kwargs.get("left", True) if len(node.args) < 4 else node.args[3]
+        unit = node.kwargs.get("unitriangular", False) if len(node.args) < 5 else node.args[4]
+        if not (isinstance(matrix, fx.Node) and matrix.op == "get_attr" and left
+                and isinstance(upper, bool)):
+            continue
+        factor = getattr(gm, matrix.target)
+        eye = torch.eye(factor.shape[-1], dtype=factor.dtype, device=factor.device)
+        inverse = torch.linalg.solve_triangular(factor, eye, upper=upper, unitriangular=unit)
+        name = f"_inverse_{count}"
+        count += 1
+        gm.register_buffer(name, inverse)
+        with gm.graph.inserting_before(node):
+            constant = gm.graph.get_attr(name)
+            product = gm.graph.call_function(aten.matmul.default, (constant, rhs))
+        product.meta["val"] = node.meta.get("val")
+        node.replace_all_uses_with(product)
+        gm.graph.erase_node(node)
     gm.graph.eliminate_dead_code()
 
 
@@ -195,22 +235,59 @@ def _hashable(value: object) -> object:
     return value
 
 
-def trace_gradient(grad_fn: Callable, example: torch.Tensor) -> tuple[Callable, int]:
+def trace_graph(grad_fn: Callable, example: torch.Tensor) -> fx.GraphModule:
     """Trace ``grad_fn`` (a log density or its ``grad_and_value``) at ``example [C, D]``
-    into a simplified TorchScript function.
-
-    Returns the function and the number of operations left in its graph.
-    """
+    into a simplified graph of ATen operations (constants folded, identities removed,
+    common subexpressions shared)."""
     gm = make_fx(functionalize(lambda flat: grad_fn(flat), remove="mutations"))(example)
     _fold_constants(gm)
+    _invert_constant_solves(gm)
     _simplify(gm)
     _eliminate_common_subexpressions(gm)
     gm.recompile()
-    operations = sum(1 for n in gm.graph.nodes if n.op == "call_function")
+    return gm
+
+
+def script_graph(gm: fx.GraphModule, example: torch.Tensor) -> Callable:
+    """Run a traced graph with TorchScript's interpreter (no compile step)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        scripted = torch.jit.freeze(torch.jit.trace(gm, (example,), check_trace=False).eval())
-    return scripted, operations
+        return torch.jit.freeze(torch.jit.trace(gm, (example,), check_trace=False).eval())
+
+
+def trace_gradient(grad_fn: Callable, example: torch.Tensor) -> tuple[Callable, int]:
+    """``grad_fn`` traced at ``example`` (:func:`trace_graph`) and run by TorchScript.
+
+    Returns the function and the number of operations left in its graph.
+    """
+    gm = trace_graph(grad_fn, example)
+    operations = sum(1 for n in gm.graph.nodes if n.op == "call_function")
+    return script_graph(gm, example), operations
+
+
+def compile_graph(function: Callable, example_inputs: list[torch.Tensor]) -> Callable:
+    """Trace ``function(*example_inputs)`` (tensors in, a tuple of tensors out) into one
+    ATen graph and compile it with Inductor for exactly these shapes, dtypes and device.
+
+    Inductor's graph compiler is called directly rather than through torch.compile:
+    the graph is already captured, and skipping Dynamo's guards saves tens of
+    microseconds per call, which is the point on CPU. Raises whatever Inductor raises
+    (e.g. when no C++ compiler is installed); callers fall back to :func:`script_graph`.
+    """
+    from torch._inductor import config as inductor_config
+    from torch._inductor.compile_fx import compile_fx
+
+    gm = make_fx(function)(*example_inputs)
+    for node in gm.graph.nodes:  # metadata from make_fx's tracing confuses a second trace
+        node.meta.clear()
+    gm.recompile()
+    # one process: a pool of compile workers costs more to start than it saves here;
+    # (size_asserts: the callers pass contiguous tensors of the traced shapes; checking
+    # every argument on every call would cost more than the fused kernels themselves)
+    with inductor_config.patch(compile_threads=1, size_asserts=False):
+        compiled = compile_fx(gm, example_inputs)
+        compiled(*example_inputs)  # compile now, not at the first real call
+    return compiled
 
 
 def agrees(fast: Callable, reference: Callable, points: list[torch.Tensor]) -> bool:

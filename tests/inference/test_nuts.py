@@ -261,6 +261,76 @@ def test_pyro_backend_still_runs():
     assert idata.posterior["mu"].shape == (1, 10)
 
 
+def fixed_covariance_gaussian(cov):
+    """A Pyro model whose log density solves with a constant Cholesky factor."""
+    pyro.sample("x", dist.MultivariateNormal(torch.zeros(cov.shape[0], dtype=cov.dtype),
+                                             covariance_matrix=cov))
+
+
+def test_constant_factorisations_leave_the_traced_graph():
+    """The Cholesky factor of a fixed covariance is computed once at trace time (its
+    error check used to keep it in every call), and solves with it become products with
+    its inverse; value and gradient still equal autograd through Pyro's density."""
+    from bayesdl.inference.traced_potential import trace_graph
+
+    generator = torch.Generator().manual_seed(3)
+    q, _ = torch.linalg.qr(torch.randn(6, 6, dtype=torch.float64, generator=generator))
+    cov = (q * torch.logspace(-2, 0, 6, dtype=torch.float64)) @ q.T
+    potential = BatchedPotential(fixed_covariance_gaussian, {"cov": cov})
+    points = torch.randn(3, 6, dtype=torch.float64, generator=generator)
+    with pyro.validation_enabled(False):
+        graph = trace_graph(potential._batched_grad, points)
+    targets = {str(node.target) for node in graph.graph.nodes if node.op == "call_function"}
+    assert not any("cholesky" in t or "solve" in t or "check_errors" in t for t in targets), targets
+    assert potential.accelerate(points, "trace")
+    value, grad = potential.log_density_and_grad(points)
+    exact = dist.MultivariateNormal(torch.zeros(6, dtype=torch.float64), covariance_matrix=cov)
+    torch.testing.assert_close(value, exact.log_prob(points), rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(grad, -points @ torch.linalg.inv(cov), rtol=1e-8, atol=1e-8)
+
+
+def _cxx_compiler() -> bool:
+    import shutil
+    return any(shutil.which(name) for name in ("g++", "c++", "clang++"))
+
+
+@pytest.mark.skipif(not _cxx_compiler(), reason="Inductor needs a C++ compiler on CPU")
+def test_compiled_leaf_takes_the_same_transitions():
+    """NUTS with every leaf compiled as one Inductor graph (potential=compile) builds the
+    same trees and lands on the same draws as the uncompiled leaf, to rounding."""
+    from bayesdl.device import run_context
+    from bayesdl.inference.fused_leaf import FusedLeaf
+    from bayesdl.inference.integrator import diagonal_metric
+    from bayesdl.inference.nuts import nuts_transition
+    from bayesdl.model_source import load_model_spec
+
+    with run_context(torch.device("cpu"), torch.float64):
+        spec = load_model_spec("eight_schools", None, {}, torch.device("cpu"), torch.float64)
+        potential = BatchedPotential(spec.model, spec.data)
+        start = torch.randn(4, potential.dim, dtype=torch.float64,
+                           generator=torch.Generator().manual_seed(0)) * 0.5
+        assert potential.accelerate(torch.zeros_like(start), "compile")
+        metric = diagonal_metric(torch.linspace(0.5, 1.5, potential.dim,
+                                                dtype=torch.float64).expand(4, -1).clone())
+        fused = FusedLeaf(potential.gradient_graph, max_tree_depth=10)
+        fused.compile(start, metric.inverse_mass)
+        point = PhasePoint(start, *potential.log_density_and_grad(start))
+        rng = ChainRNG([1, 2, 3, 4])
+        step_size = torch.tensor([0.3, 0.2, 0.4, 0.25], dtype=torch.float64)
+        for step in range(5):
+            plain, plain_info = nuts_transition(rng, step, point, step_size, metric,
+                                                potential.log_density_and_grad)
+            compiled, compiled_info = nuts_transition(rng, step, point, step_size, metric,
+                                                      potential.log_density_and_grad,
+                                                      fused=fused)
+            torch.testing.assert_close(compiled.position, plain.position, rtol=1e-9, atol=1e-9)
+            assert torch.equal(compiled_info.n_steps, plain_info.n_steps)
+            assert torch.equal(compiled_info.tree_depth, plain_info.tree_depth)
+            torch.testing.assert_close(compiled_info.acceptance_rate, plain_info.acceptance_rate,
+                                       rtol=1e-9, atol=1e-9)
+            point = plain
+
+
 # ----------------------------------------------------------------- reference posteriors
 def test_halton_sequence():
     assert [halton(i) for i in range(1, 8)] == [0.5, 0.25, 0.75, 0.125, 0.625, 0.375, 0.875]
@@ -270,6 +340,13 @@ def test_halton_sequence():
 def test_chees_matches_posteriordb_eight_schools():
     check_kernel_against_reference("eight_schools", "eight_schools-eight_schools_noncentered",
                                    "chees", chains=128, warmup=500, draws=200)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not _cxx_compiler(), reason="Inductor needs a C++ compiler on CPU")
+def test_compiled_nuts_matches_posteriordb_eight_schools():
+    check_kernel_against_reference("eight_schools", "eight_schools-eight_schools_noncentered",
+                                   "nuts", chains=4, warmup=1000, draws=2000, potential="compile")
 
 
 @pytest.mark.slow
