@@ -1,9 +1,10 @@
 """Plots for the deep generative and sequence models: VAE image grids, forecasts with bands.
 
 ``image_grid_png`` saves 8x8 digit images (reconstructions next to originals, or
-samples from the prior); ``forecast_png`` saves a series, its history and the forecast
-median with central predictive bands. Matplotlib only; the CLI's ``bayesdl plot``
-calls these for runs of the built-ins ``vae`` and ``sequence_regression``.
+samples from the prior); ``iwae_png`` plots a VAE's IWAE bound against k; ``forecast_png``
+saves a series, its history and the forecast median with central predictive bands.
+Matplotlib only; the CLI's ``bayesdl plot`` calls these for runs of the built-ins ``vae``
+and ``sequence_regression``.
 """
 
 from __future__ import annotations
@@ -65,6 +66,22 @@ def vae_pngs(net, x, out_dir: str | Path, num: int = 20) -> list[Path]:
                            title="data (top), reconstructions (bottom)"),
             image_grid_png(net.generate(2 * num), out_dir / "samples.png", columns=num,
                            title="samples from p(z) through the decoder")]
+
+
+def iwae_png(ks, bounds, errors, path: str | Path, title: str | None = None,
+             error_label: str = "+-1 SE") -> Path:
+    """Save the IWAE bound (nats per data point) against k on a log axis, with error bars."""
+    ks, bounds, errors = _numpy(ks), _numpy(bounds), _numpy(errors)
+    if not (ks.ndim == 1 and ks.shape == bounds.shape == errors.shape and len(ks) > 0):
+        raise BayesdlError(f"iwae plot: ks, bounds and errors must be equal-length vectors, got "
+                           f"{ks.shape}, {bounds.shape}, {errors.shape}")
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    ax.errorbar(ks, bounds, yerr=errors, marker="o", capsize=3, label=error_label)
+    ax.set_xscale("log")
+    ax.set_xlabel("k (importance samples)")
+    ax.set_ylabel("IWAE bound, nats per data point")
+    ax.legend(loc="lower right")
+    return _save(fig, ax, title, path)
 
 
 def forecast_png(history, paths, path: str | Path, truth=None, levels: tuple[float, ...] = (0.5, 0.9),

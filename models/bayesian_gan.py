@@ -17,6 +17,10 @@ points. Unsupervised is ``K = 1``; semi-supervised (``K`` classes, a few labels)
 the labelled term too and classifies by ``argmax_{y >= 1}`` of the discriminator samples'
 averaged class probabilities. ``p(z)`` is any prior of :mod:`bayesdl.models.latent_priors`
 (standard normal, Gaussian mixture, stick-breaking DP), used at its initial parameters.
+The ``num_z`` draws per step are exact ancestral draws (``latent_sampler="exact"``) or
+the current states of ``num_z`` persistent HMC / NUTS chains on p(z)
+(``latent_sampler="hmc"`` / ``"nuts"``, :class:`~bayesdl.models.latent_hmc.LatentHMC`):
+warmed up once, then ``latent_hmc_steps`` transitions per iteration.
 
 The maximum-likelihood GAN the paper compares against is the same code with one sample
 of each network, no prior and no injected noise (SGD with momentum on the same
@@ -37,7 +41,10 @@ import torch.nn.functional as F
 from bayesdl.errors import BayesdlError
 from bayesdl.inference.counter_rng import ChainRNG
 from bayesdl.inference.sghmc import SGHMCKernel
+from bayesdl.models.latent_hmc import LatentHMC
 from bayesdl.models.latent_priors import LatentPrior, make_latent_prior
+
+LATENT_SAMPLERS = ("exact", "hmc", "nuts")
 
 
 class BatchedMLP:
@@ -79,6 +86,9 @@ class GANSettings:
     hidden: int = 64
     num_classes: int = 1  # K; 1 = unsupervised
     latent_prior: str = "normal"  # normal | gmm | dp
+    latent_sampler: str = "exact"  # exact (ancestral draws) | hmc | nuts (persistent chains on p(z))
+    latent_hmc_warmup: int = 100  # warm-up transitions of the z chains (hmc / nuts), once
+    latent_hmc_steps: int = 1  # transitions of the z chains per iteration (hmc / nuts)
     generator_samples: int = 2
     discriminator_samples: int = 2
     num_z: int = 32
@@ -102,7 +112,7 @@ class GANResult:
     history: list[dict[str, float]] = field(default_factory=list)
 
     def sample(self, num: int, seed: int = 0) -> torch.Tensor:
-        """``num`` images per generator sample ``[J_g, num, 64]``."""
+        """``num`` images per generator sample ``[J_g, num, 64]`` (z by ancestral sampling)."""
         torch.manual_seed(seed)
         z = self.prior.sample((self.generator.shape[0], num)).to(self.generator)
         net = BatchedMLP(_generator_sizes(self.settings, z.shape[-1], self.generator))
@@ -147,11 +157,17 @@ def train_gan(data: torch.Tensor, settings: GANSettings | None = None,
     semi = settings.num_classes > 1
     if semi and (labels is None or labelled is None or len(labelled) == 0):
         raise BayesdlError("semi-supervised GAN (num_classes > 1) needs labels and labelled indices")
+    if settings.latent_sampler not in LATENT_SAMPLERS:
+        raise BayesdlError(f"unknown latent_sampler {settings.latent_sampler!r}; choose one of "
+                           f"{', '.join(LATENT_SAMPLERS)}")
     n_data, data_dim = data.shape
     dtype = data.dtype
     generator = torch.Generator().manual_seed(settings.seed)
     torch.manual_seed(settings.seed)
     prior = make_latent_prior(settings.latent_prior, settings.latent_dim).to(dtype)
+    latent_chains = None if settings.latent_sampler == "exact" else LatentHMC(
+        prior, settings.num_z, settings.latent_hmc_warmup, settings.latent_hmc_steps,
+        kernel=settings.latent_sampler, seed=settings.seed)
     g_net = BatchedMLP(_generator_sizes(settings, settings.latent_dim))
     d_net = BatchedMLP(_discriminator_sizes(settings, data_dim))
     jg = settings.generator_samples if settings.bayesian else 1
@@ -205,7 +221,8 @@ def train_gan(data: torch.Tensor, settings: GANSettings | None = None,
     def refresh(step: int) -> None:
         index = torch.randint(0, n_data, (settings.batch_size,), generator=generator)
         current["batch"] = data[index][None]
-        current["z"] = prior.sample((settings.num_z,)).to(dtype)[None]
+        z = prior.sample((settings.num_z,)) if latent_chains is None else latent_chains.sample()
+        current["z"] = z.to(dtype)[None]
         if semi:
             pick = labelled[torch.randint(0, len(labelled), (min(settings.batch_size, len(labelled)),),
                                           generator=generator)]
@@ -228,8 +245,11 @@ def train_gan(data: torch.Tensor, settings: GANSettings | None = None,
         if not bool(torch.isfinite(g_state.position).all() & torch.isfinite(d_state.position).all()):
             raise BayesdlError(f"GAN training diverged at iteration {step}; lower learning_rate")
         if step % 100 == 0 or step == settings.iterations - 1:
-            history.append({"iteration": step, "d_log_post": float(d_state.log_density.mean()),
-                            "g_log_post": float(g_state.log_density.mean())})
+            record = {"iteration": step, "d_log_post": float(d_state.log_density.mean()),
+                      "g_log_post": float(g_state.log_density.mean())}
+            if latent_chains is not None:
+                record["latent_accept"] = float(latent_chains.last_info.acceptance_rate.mean())
+            history.append(record)
     seconds = time.perf_counter() - started
     return GANResult(g_state.position, d_state.position, settings, prior, seconds,
                      settings.iterations / max(seconds, 1e-12), history)

@@ -45,6 +45,16 @@ def test_vae_plots_are_pngs_of_the_fitted_network(vae_run, tmp_path):
         restore_vae({**args, "hidden": "9"}, params)
 
 
+def test_iwae_png(tmp_path):
+    from bayesdl.model_plots import iwae_png
+
+    path = iwae_png([1, 10, 100], [-20.0, -19.5, -19.4], [0.0, 0.1, 0.1], tmp_path / "iwae.png")
+    assert path.read_bytes()[:8] == PNG
+    with pytest.raises(BayesdlError, match="equal-length"):
+        iwae_png([1, 10], [-20.0], [0.0], tmp_path / "bad.png")
+    assert not (tmp_path / "bad.png").exists()
+
+
 def test_sequence_forecast_png(tmp_path):
     out = tmp_path / "seq"
     bayesdl.infer("sequence_regression", method="svi", chains=1, draws=20, out=out, progress=False,
