@@ -8,7 +8,7 @@ warm-up:
 
 - the number of steps is ``ceil(u T / eps)`` with ``u`` from a Halton sequence (the
   jitter that keeps a fixed T from resonating with the target);
-- ``log T`` follows Adam up the gradient of the ChEES criterion
+- ``log T`` follows Adam (with fast moment estimates) up the gradient of the ChEES criterion
   ``E[(|x' - E x'|^2 - |x - E x|^2)^2] / 4``, estimated from all chains and weighted by
   their acceptance probabilities (the paper's estimator);
 - the step size follows dual averaging on the harmonic mean of the chains'
@@ -42,6 +42,7 @@ from bayesdl.inference.integrator import (
 from bayesdl.inference.step_size import reasonable_step_size
 from bayesdl.inference.warmup_schedule import slow_windows
 
+BETA1, BETA2 = 0.0, 0.5  # Adam's moment decay rates for log T
 MOMENTUM_STREAM = 31
 ACCEPT_STREAM = 32
 
@@ -174,10 +175,14 @@ class ChEESKernel(HamiltonianKernel):
         weights = torch.where(finite, accept_prob, 0)
         gradient = float((weights * torch.nan_to_num(chees)).sum() / weights.sum().clamp(min=1e-10))
         gradient *= jitter * math.exp(state.log_length)  # d/dlog T of the jittered end point
-        adam_m = 0.9 * state.adam_m + 0.1 * gradient
-        adam_v = 0.999 * state.adam_v + 0.001 * gradient**2
-        m_hat = adam_m / (1 - 0.9 ** (step_index + 1))
-        v_hat = adam_v / (1 - 0.999 ** (step_index + 1))
+        # Adam with fast moment estimates (beta1 = 0, beta2 = 0.5, as TFP's ChEES): the
+        # gradient's scale changes by orders of magnitude between the first transient and
+        # the stationary phase, and a slow second moment (0.999) kept the early huge
+        # gradients for hundreds of steps, freezing T
+        adam_m = BETA1 * state.adam_m + (1 - BETA1) * gradient
+        adam_v = BETA2 * state.adam_v + (1 - BETA2) * gradient**2
+        m_hat = adam_m / (1 - BETA1 ** (step_index + 1))
+        v_hat = adam_v / (1 - BETA2 ** (step_index + 1))
         log_length = state.log_length + self.learning_rate * m_hat / (math.sqrt(v_hat) + 1e-8)
         log_length = min(log_length, math.log(self.max_steps * math.exp(log_step)))
         # Polyak average of T over the second half of warm-up

@@ -276,16 +276,22 @@ def compile_graph(function: Callable, example_inputs: list[torch.Tensor]) -> Cal
     """
     from torch._inductor import config as inductor_config
     from torch._inductor.compile_fx import compile_fx
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.fx.experimental.symbolic_shapes import ShapeEnv
 
     gm = make_fx(function)(*example_inputs)
     for node in gm.graph.nodes:  # metadata from make_fx's tracing confuses a second trace
         node.meta.clear()
     gm.recompile()
+    # fake inputs with a shape environment: without one Inductor bypasses its on-disk
+    # cache of compiled graphs, and every run would compile again
+    fake_mode = FakeTensorMode(shape_env=ShapeEnv())
+    fake_inputs = [fake_mode.from_tensor(tensor, static_shapes=True) for tensor in example_inputs]
     # one process: a pool of compile workers costs more to start than it saves here;
     # (size_asserts: the callers pass contiguous tensors of the traced shapes; checking
     # every argument on every call would cost more than the fused kernels themselves)
     with inductor_config.patch(compile_threads=1, size_asserts=False):
-        compiled = compile_fx(gm, example_inputs)
+        compiled = compile_fx(gm, fake_inputs)
         compiled(*example_inputs)  # compile now, not at the first real call
     return compiled
 
