@@ -61,6 +61,7 @@ def infer(
     executor: str = "local",
     address: str | None = None,
     ray_tasks: int | None = None,
+    allow_extra_data: bool = False,
     **options: Any,
 ) -> az.InferenceData:
     """Run ``method`` on ``model`` and return the posterior as ``arviz.InferenceData``.
@@ -78,7 +79,8 @@ def infer(
     ``init_from`` (a finished run) starts from its final sampler state, warm-up skipped.
     ``executor="ray"`` (CLI ``--backend ray``) runs groups of chains as Ray tasks
     (``address``: a cluster, else a local Ray on 127.0.0.1), ``ray_tasks`` of them
-    (default: one per CPU, at most one per chain).
+    (default: one per CPU, at most one per chain). A data key the model does not take
+    is a `BayesdlError` unless ``allow_extra_data=True`` (then a warning; the key is dropped).
     """
     for name, value, low in (("chains", chains, 1), ("draws", draws, 1), ("warmup", warmup, 0)):
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
@@ -100,7 +102,8 @@ def infer(
                           dtype=str(dtype).replace("torch.", ""), predictive=predictive,
                           checkpoint_every=checkpoint_every, executor=executor, address=address,
                           ray_tasks=ray_tasks, out=None if run_dir is None else str(run_dir),
-                          init_from=None if init_from is None else str(init_from))
+                          init_from=None if init_from is None else str(init_from),
+                          **({"allow_extra_data": True} if allow_extra_data else {}))
     checkpoint = None
     if run_dir is not None or init_from is not None:
         partial = partial_dir(run_dir) if run_dir is not None else None
@@ -112,7 +115,8 @@ def infer(
     started = time.perf_counter()
     with run_context(torch_device, torch_dtype):
         pyro.set_rng_seed(seed)
-        spec = load_model_spec(model, data, args or {}, torch_device, torch_dtype)
+        spec = load_model_spec(model, data, args or {}, torch_device, torch_dtype,
+                               allow_extra_data=allow_extra_data)
         if executor == "ray":
             from bayesdl.ray_backend import run_on_ray
 

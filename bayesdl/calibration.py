@@ -307,6 +307,7 @@ def check(
     progress: bool = True,
     args: dict[str, Any] | None = None,
     out: str | Path | None = None,
+    allow_extra_data: bool = False,
     **options: Any,
 ) -> SBCResult:
     """Simulation-based calibration of ``method`` on ``model`` with ``sbc`` replications.
@@ -316,6 +317,8 @@ def check(
     ``chains``, ``warmup``, ``draws`` and ``options`` set each run. ``thin`` keeps every
     ``thin``-th draw (0: thin each run to about its effective sample size). With
     ``out``, writes ``ranks.csv``, ``sbc.json`` and ``ranks.png`` there, atomically.
+    ``allow_extra_data`` as for :func:`bayesdl.infer` (the replications get only the keys
+    the model takes).
     """
     import pyro
 
@@ -346,7 +349,8 @@ def check(
     run_dir = choose_run_dir(out, label, f"sbc-{method}") if out is not None else None
 
     with run_context(torch_device, torch_dtype):
-        spec = load_model_spec(model, data, args, torch_device, torch_dtype)
+        spec = load_model_spec(model, data, args, torch_device, torch_dtype,
+                               allow_extra_data=allow_extra_data)
         builtin = REGISTRY.get(model) if isinstance(model, str) else None
         data_args = set(builtin.data_args()) if builtin is not None else set()
         run_args = {k: v for k, v in args.items() if k not in data_args}

@@ -47,6 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("model", nargs="?",
                      help="built-in name (see `bayesdl models`) or path/file.py:function")
     run.add_argument("--data", help="data file: .csv (columns), .json (Stan-style dict) or .npz")
+    run.add_argument("--allow-extra-data", action="store_true",
+                     help="warn about and drop data keys the model does not take (default: error)")
     run.add_argument("--arg", action="append", metavar="KEY=VALUE",
                      help="model argument, e.g. --arg centered=true (repeatable)")
     run.add_argument("--method", default="nuts", help="inference method (see `bayesdl methods`); "
@@ -118,6 +120,8 @@ def _add_check(commands) -> None:
     check.add_argument("--sbc", type=int, required=True, metavar="N",
                        help="number of simulated data sets (replications), e.g. 100")
     check.add_argument("--data", help="data file giving covariates and sizes (built-ins bring theirs)")
+    check.add_argument("--allow-extra-data", action="store_true",
+                       help="warn about and drop data keys the model does not take (default: error)")
     check.add_argument("--arg", action="append", metavar="KEY=VALUE", help="model argument (repeatable)")
     check.add_argument("--opt", action="append", metavar="KEY=VALUE", help="method option (repeatable)")
     check.add_argument("--chains", type=int, default=4, help="chains per replication (default 4)")
@@ -222,7 +226,7 @@ def _cmd_infer(ns: argparse.Namespace) -> None:
                   progress=not ns.no_progress and sys.stderr.isatty(), args=args,
                   predictive=ns.predictive, out=run_dir, checkpoint_every=ns.checkpoint_every,
                   init_from=ns.init_from, executor=ns.backend, address=ns.address,
-                  ray_tasks=ns.ray_tasks, **options)
+                  ray_tasks=ns.ray_tasks, allow_extra_data=ns.allow_extra_data, **options)
     _print_summary(idata, ns.json, run_dir)
 
 
@@ -239,7 +243,7 @@ def _cmd_check(ns: argparse.Namespace) -> int:
                    warmup=ns.warmup, draws=ns.draws, seed=ns.seed, thin=ns.thin, bins=ns.bins,
                    alpha=ns.alpha, device=ns.device, dtype=ns.dtype,
                    progress=not ns.no_progress and sys.stderr.isatty(), args=args, out=run_dir,
-                   **options)
+                   allow_extra_data=ns.allow_extra_data, **options)
     if ns.json:
         print(json.dumps({**result.record(), "run_dir": str(run_dir)}, indent=2))
     else:

@@ -28,17 +28,24 @@ from bayesdl.options import convert_value, guess_value
 
 
 def load_model_spec(model: str | Callable[..., Any], data: Any, args: dict[str, Any],
-                    device: torch.device, dtype: torch.dtype) -> ModelSpec:
-    """Build the `ModelSpec` for ``model`` with ``data`` (dict, file path or None)."""
+                    device: torch.device, dtype: torch.dtype, *,
+                    allow_extra_data: bool = False) -> ModelSpec:
+    """Build the `ModelSpec` for ``model`` with ``data`` (dict, file path or None).
+
+    A data key the model does not take is an error, unless ``allow_extra_data``: then a
+    warning, and the key is dropped.
+    """
     if callable(model):
         return _spec_from_function(model, getattr(model, "__name__", "model"),
-                                   getattr(model, "guide", None), data, args, device, dtype)
+                                   getattr(model, "guide", None), data, args, device, dtype,
+                                   allow_extra_data)
     if not isinstance(model, str) or not model:
         raise BayesdlError(f"model must be a Pyro callable, a built-in name or file.py:fn, got {model!r}")
     if ":" in model or model.endswith(".py"):
         function, guide, name = _load_from_file(model)
-        return _spec_from_function(function, name, guide, data, args, device, dtype)
-    return _spec_from_builtin(model, data, args, device, dtype)
+        return _spec_from_function(function, name, guide, data, args, device, dtype,
+                                   allow_extra_data)
+    return _spec_from_builtin(model, data, args, device, dtype, allow_extra_data)
 
 
 # ----------------------------------------------------------------- sources
@@ -76,7 +83,8 @@ def _load_from_file(source: str) -> tuple[Callable[..., Any], Callable[..., Any]
     return function, guide if callable(guide) else None, f"{path.stem}:{function_name}"
 
 
-def _spec_from_builtin(name: str, data: Any, args: dict[str, Any], device, dtype) -> ModelSpec:
+def _spec_from_builtin(name: str, data: Any, args: dict[str, Any], device, dtype,
+                       allow_extra_data: bool = False) -> ModelSpec:
     builtin = get_builtin(name)
     model_args, data_args = builtin.model_args(), builtin.data_args()
     unknown = [k for k in args if k not in model_args and k not in data_args]
@@ -95,7 +103,7 @@ def _spec_from_builtin(name: str, data: Any, args: dict[str, Any], device, dtype
             raise BayesdlError(f"argument(s) {', '.join(typed_data_args)} set generated data; "
                                "they cannot be combined with --data")
         raw = _read_data(data)
-    raw = _drop_extra(raw, set(builtin.schema), name)
+    raw = _drop_extra(raw, list(builtin.schema), name, allow_extra_data)
     checked = validate_data(raw, builtin.schema, name)
     tensors = _to_tensors(checked, device, dtype)
     coords = builtin.coords(checked) if builtin.coords else {}
@@ -106,7 +114,8 @@ def _spec_from_builtin(name: str, data: Any, args: dict[str, Any], device, dtype
 
 
 def _spec_from_function(function: Callable[..., Any], name: str, guide, data: Any,
-                        args: dict[str, Any], device, dtype) -> ModelSpec:
+                        args: dict[str, Any], device, dtype,
+                        allow_extra_data: bool = False) -> ModelSpec:
     raw = {} if data is None else _read_data(data)
     parameters = inspect.signature(function).parameters
     takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
@@ -115,7 +124,8 @@ def _spec_from_function(function: Callable[..., Any], name: str, guide, data: An
         if unknown:
             raise BayesdlError(f"model {name!r} has no argument {unknown[0]!r}; "
                                f"it takes {', '.join(parameters) or 'no arguments'}")
-        raw = _drop_extra(raw, set(parameters), name)
+        named = [n for n, p in parameters.items() if p.kind is not p.VAR_POSITIONAL]
+        raw = _drop_extra(raw, named, name, allow_extra_data)
     merged = {**raw, **{k: guess_value(v) for k, v in args.items()}}
     missing = [n for n, p in parameters.items()
                if p.default is inspect.Parameter.empty and n not in merged
@@ -151,8 +161,15 @@ def _read_data(data: Any) -> dict[str, Any]:
     return out
 
 
-def _drop_extra(data: dict[str, Any], accepted: set[str], name: str) -> dict[str, Any]:
+def _drop_extra(data: dict[str, Any], accepted: list[str], name: str,
+                allow: bool) -> dict[str, Any]:
+    """``data`` without keys outside ``accepted``: an error, or with ``allow`` a warning."""
     extra = [k for k in data if k not in accepted]
+    if extra and not allow:
+        raise BayesdlError(
+            f"data key(s) {', '.join(map(repr, extra))} are not used by model {name!r} "
+            f"(it takes: {', '.join(accepted) or 'no data'}); remove them or pass "
+            "--allow-extra-data (allow_extra_data=True in Python)")
     if extra:
         warnings.warn(f"model {name!r} does not use data {', '.join(map(repr, extra))}; ignored",
                       stacklevel=3)

@@ -73,7 +73,9 @@ def run_chain_group(job: dict[str, Any], first: int, stop: int) -> dict[str, Any
     checkpoint.log("start")
     with run_context(device, dtype):
         pyro.set_rng_seed(job["seed"])
-        spec = load_model_spec(job["model"], job["data"], job["args"], device, dtype)
+        # the driver's infer() already refused extra data keys unless allow_extra_data
+        spec = load_model_spec(job["model"], job["data"], job["args"], device, dtype,
+                               allow_extra_data=True)
         samples = _run_method(get_method(job["method"]), spec, job["options"], settings)
     return {"draws": {k: v.cpu() for k, v in samples.draws.items()},
             "stats": {k: v.cpu() for k, v in samples.stats.items()},

@@ -233,14 +233,59 @@ def test_cli_bad_input(in_workdir, capsys, args, message):
     assert out == ""
 
 
-def test_extra_data_keys_are_one_warning_and_the_run_goes_on(tmp_path, monkeypatch, capsys):
-    """Stan-style data files often carry entries a model does not use: a warning, not an error."""
+EXTRA_KEY_ERROR = ("data key(s) 'notes' are not used by model 'eight_schools' (it takes: J, y, "
+                   "sigma); remove them or pass --allow-extra-data")
+
+
+@pytest.mark.parametrize("command", [
+    infer("eight_schools", *MH, "--data", "extra.json"),
+    ["check", "eight_schools", "--sbc", "4", *MH, "--data", "extra.json", "--out", "OUT",
+     "--no-progress"],
+], ids=["infer", "check"])
+def test_an_extra_data_key_is_one_error_and_nothing_is_written(in_workdir, capsys, command):
+    """A data key the model does not take (a typo, the wrong file) stops the run by default."""
+    code, out, err = run_cli(command, capsys)
+    assert_one_line_error(code, err, EXTRA_KEY_ERROR)
+    assert out == "" and "'notes'" in err
+    assert not (in_workdir / "OUT").exists()
+
+
+def test_allow_extra_data_is_one_warning_and_the_run_goes_on(tmp_path, monkeypatch, capsys):
+    """Stan-style data files often carry entries a model does not use: opt in to drop them."""
     write_files(tmp_path)
     monkeypatch.chdir(tmp_path)
-    code, out, err = run_cli(infer("eight_schools", *MH, "--data", "extra.json"), capsys)
+    code, out, err = run_cli(infer("eight_schools", *MH, "--data", "extra.json",
+                                   "--allow-extra-data"), capsys)
     assert code == 0, err
     assert err == "warning: model 'eight_schools' does not use data 'notes'; ignored\n"
     assert (tmp_path / "OUT" / "posterior.nc").is_file()
+
+
+def test_a_run_allowed_extra_data_resumes_with_it(tmp_path, monkeypatch):
+    """request.json records allow_extra_data, so `infer --resume` loads the data as before."""
+    from bayesdl.api import resume
+    from bayesdl.checkpoint import Checkpoint
+
+    write_files(tmp_path)
+    run = dict(method="mh", chains=2, warmup=10, draws=20, progress=False)
+    original = Checkpoint.flush
+
+    def flush_then_die(self, steps_done, *args, **kwargs):
+        original(self, steps_done, *args, **kwargs)
+        if steps_done == 20:
+            raise KeyboardInterrupt
+
+    out = tmp_path / "run"
+    with monkeypatch.context() as patch, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        patch.setattr(Checkpoint, "flush", flush_then_die)
+        with pytest.raises(KeyboardInterrupt):
+            bayesdl.infer("eight_schools", tmp_path / "extra.json", **run, out=out,
+                          checkpoint_every=10, allow_extra_data=True)
+    with pytest.warns(UserWarning, match="does not use data 'notes'"):
+        idata = resume(out.with_name("run.partial"), progress=False)
+    assert idata.posterior.sizes["draw"] == run["draws"]
+    assert (out / "posterior.nc").is_file()
 
 
 # ----------------------------------------------------------------- Python API
@@ -288,6 +333,16 @@ API_CASES = [
      "model 'normal_mean' needs data 'y'"),
     ("option of the wrong type", lambda: bayesdl.infer("eight_schools", **RUN, target_accept=[1]),
      "option 'target_accept' of method 'mh' must be a number"),
+    ("extra data key for a built-in", lambda: bayesdl.infer("eight_schools", {**EIGHT, "notes": 1},
+                                                            **RUN),
+     "data key(s) 'notes' are not used by model 'eight_schools' (it takes: J, y, sigma)"),
+    ("extra data keys for a callable", lambda: bayesdl.infer(normal_mean, {"y": [1.0], "x": [2.0],
+                                                                           "N": 1}, **RUN),
+     "data key(s) 'x', 'N' are not used by model 'normal_mean' (it takes: y); remove them or "
+     "pass --allow-extra-data (allow_extra_data=True in Python)"),
+    ("check with an extra data key", lambda: bayesdl.check(
+        "eight_schools", {**EIGHT, "notes": 1}, method="mh", sbc=4, progress=False),
+     "data key(s) 'notes' are not used by model 'eight_schools'"),
     ("check with an improper prior", lambda: bayesdl.check(
         "gaussian_mle", method="is", sbc=5, args={"flat_priors": True}, progress=False),
      "SBC needs a proper prior"),
@@ -305,6 +360,17 @@ def test_api_bad_input(call, message):
             call()
     text = str(error.value)
     assert message in text and "\n" not in text.strip()
+
+
+def test_api_allow_extra_data_warns_and_drops_the_keys():
+    with pytest.warns(UserWarning, match=r"model 'normal_mean' does not use data 'x'; ignored"):
+        idata = bayesdl.infer(normal_mean, {"y": [1.0, 2.0], "x": [3.0]}, allow_extra_data=True,
+                              **RUN)
+    assert "mu" in idata.posterior
+    with pytest.warns(UserWarning, match="does not use data 'notes'"):
+        result = bayesdl.check("eight_schools", {**EIGHT, "notes": 1}, method="mh", sbc=2, chains=2,
+                               warmup=5, draws=5, progress=False, allow_extra_data=True)
+    assert result.num_replications == 2
 
 
 def test_api_failure_writes_no_run_directory(tmp_path):
