@@ -30,13 +30,15 @@ CONFIGS = {
     "numpyro_nuts_4": ("NumPyro NUTS (4 chains vectorized)", 4, 1000, 1000),
     "pyro_nuts_4": ("Pyro NUTS (4 chains, sequential)", 4, 500, 500),
     "pyro_nuts_jit_4": ("Pyro NUTS, jit (4 chains, sequential)", 4, 500, 500),
-    "bayesdl_nuts_compile_4": ("bayesdl nuts, potential=compile (4 chains)", 4, 1000, 1000),
+    "bayesdl_nuts_compile_4": ("bayesdl nuts, potential=compile, cold cache (4 chains)", 4, 1000, 1000),
+    "bayesdl_nuts_compile_warm_4": ("bayesdl nuts, potential=compile, warm cache (4 chains)", 4, 1000,
+                                    1000),
     "bayesdl_nuts_eager_4": ("bayesdl nuts, potential=eager (4 chains)", 4, 1000, 1000),
     "bayesdl_chees_1024": ("bayesdl chees (1024 chains batched)", 1024, 500, 100),
     "bayesdl_nuts_1024": ("bayesdl nuts (1024 chains batched)", 1024, 500, 100),
     "numpyro_nuts_1024": ("NumPyro NUTS (1024 chains vectorized)", 1024, 500, 100),
 }
-OPTIONAL = ("bayesdl_nuts_compile_4", "bayesdl_nuts_eager_4")  # what tracing / compiling give
+OPTIONAL = ("bayesdl_nuts_eager_4", "bayesdl_nuts_1024")  # what tracing gives; NUTS x 1024 on CPU
 POSTERIORS = ["eight_schools", "logistic_regression", "gaussian_100d"]
 BASELINE = "pyro_nuts_4"
 
@@ -176,9 +178,14 @@ def main() -> None:
         return
     rows = []
     env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
+    import tempfile
+
     for posterior in ns.posteriors.split(","):
+        # Inductor's cache: empty for the cold compile row, then reused by the warm one
+        inductor_cache = tempfile.mkdtemp(prefix="bench-inductor-")
         for config in ns.configs.split(","):
             command = [sys.executable, __file__, "--one", config, posterior, "--device", ns.device]
+            env["TORCHINDUCTOR_CACHE_DIR"] = inductor_cache
             if ns.quick:
                 command.append("--quick")
             try:
