@@ -55,6 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
                      "default nuts")
     run.add_argument("--opt", action="append", metavar="KEY=VALUE",
                      help="method option, e.g. --opt target_accept=0.95 (repeatable)")
+    run.add_argument("--minibatch", choices=["none", "uniform", "dpp"],
+                     help="svi: mini-batches of the data, uniform or diverse by a k-DPP "
+                          "(same as --opt minibatch=...; size by --opt batch_size=B)")
     run.add_argument("--chains", type=int, default=4, help="number of chains (default 4)")
     run.add_argument("--warmup", type=int, default=1000, help="warm-up iterations (default 1000)")
     run.add_argument("--draws", type=int, default=1000, help="draws kept per chain (default 1000)")
@@ -220,6 +223,10 @@ def _cmd_infer(ns: argparse.Namespace) -> None:
         raise BayesdlError("infer needs a MODEL (or --resume DIR)")
     args = parse_key_values(ns.arg, "--arg")
     options = parse_key_values(ns.opt, "--opt")
+    if ns.minibatch is not None:
+        if options.setdefault("minibatch", ns.minibatch) != ns.minibatch:
+            raise BayesdlError(f"--minibatch {ns.minibatch} and --opt minibatch="
+                               f"{options['minibatch']} disagree; give one")
     run_dir = choose_run_dir(ns.out, model_label(ns.model), ns.method)
     idata = infer(ns.model, ns.data, method=ns.method, chains=ns.chains, warmup=ns.warmup,
                   draws=ns.draws, seed=ns.seed, device=ns.device, dtype=ns.dtype,

@@ -315,3 +315,18 @@ def test_errors_as_a_shell_sees_them(tmp_path):
         assert_one_line_error(proc.returncode, err, message)
         assert out == ""
     assert listing(tmp_path) == before
+
+
+def test_minibatch_flag_is_the_minibatch_option(tmp_path, monkeypatch, capsys):
+    """``--minibatch dpp`` (the issue's spelling) sets SVI's ``minibatch`` option; given
+    twice with different values it is a one-line error and no run directory."""
+    monkeypatch.chdir(tmp_path)
+    args = ["infer", "linear_regression", "--method", "svi", "--minibatch", "dpp",
+            "--opt", "batch_size=16", "--opt", "max_steps=30", "--chains", "1", "--draws", "10",
+            "--out", "R"]
+    code, _, err = run_cli(args, capsys)
+    assert code == 0, err
+    assert json.loads((tmp_path / "R" / "settings.json").read_text())["options"]["minibatch"] == "dpp"
+    code, _, err = run_cli([*args[:-1], "R2", "--opt", "minibatch=uniform"], capsys)
+    assert code == 2 and "disagree" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "R2").exists()
