@@ -295,9 +295,11 @@ def _cxx_compiler() -> bool:
 
 
 @pytest.mark.skipif(not _cxx_compiler(), reason="Inductor needs a C++ compiler on CPU")
-def test_compiled_leaf_takes_the_same_transitions():
+@pytest.mark.parametrize("dense", [False, pytest.param(True, marks=pytest.mark.slow)])
+def test_compiled_leaf_takes_the_same_transitions(dense):
     """NUTS with every leaf compiled as one Inductor graph (potential=compile) builds the
-    same trees and lands on the same draws as the uncompiled leaf, to rounding."""
+    same trees and lands on the same draws as the uncompiled leaf, to rounding, with a
+    diagonal or a dense metric."""
     from bayesdl.device import run_context
     from bayesdl.inference.fused_leaf import FusedLeaf
     from bayesdl.inference.integrator import diagonal_metric
@@ -310,8 +312,14 @@ def test_compiled_leaf_takes_the_same_transitions():
         start = torch.randn(4, potential.dim, dtype=torch.float64,
                            generator=torch.Generator().manual_seed(0)) * 0.5
         assert potential.accelerate(torch.zeros_like(start), "compile")
-        metric = diagonal_metric(torch.linspace(0.5, 1.5, potential.dim,
-                                                dtype=torch.float64).expand(4, -1).clone())
+        scales = torch.linspace(0.5, 1.5, potential.dim, dtype=torch.float64)
+        if dense:
+            factor = torch.randn(potential.dim, potential.dim, dtype=torch.float64,
+                                 generator=torch.Generator().manual_seed(1)) * 0.2
+            covariance = factor @ factor.T + torch.diag(scales)
+            metric = dense_metric(covariance.expand(4, -1, -1).clone())
+        else:
+            metric = diagonal_metric(scales.expand(4, -1).clone())
         fused = FusedLeaf(potential.gradient_graph, max_tree_depth=10)
         fused.compile(start, metric.inverse_mass)
         point = PhasePoint(start, *potential.log_density_and_grad(start))
