@@ -25,10 +25,10 @@ import torch
 from bayesdl.errors import BayesdlError
 from bayesdl.inference.batched_mcmc import run_batched_mcmc
 from bayesdl.inference.counter_rng import ChainRNG
+from bayesdl.inference.mass_matrix import Welford, welford_covariance, welford_start, welford_update
 from bayesdl.inference.metropolis import PROPOSAL_STREAM, MHInfo, MHState, build_mh_step
 from bayesdl.inference.model_spec import ModelSpec
 from bayesdl.inference.pyro_kernel import PyroKernelAdapter
-from bayesdl.inference.random_walk import regularised_covariance
 from bayesdl.inference.samples import Samples
 from bayesdl.inference.settings import RunSettings
 from bayesdl.inference.warmup_schedule import slow_windows
@@ -53,9 +53,7 @@ class MALAState(NamedTuple):
     log_step_size: torch.Tensor  # [C]
     averaging: DualAveraging
     scale: torch.Tensor  # [C, D] marginal scales (M = diag(scale^2))
-    window_mean: torch.Tensor  # [C, D]
-    window_m2: torch.Tensor  # [C, D]
-    window_count: int
+    window: Welford  # moments of the current slow window (diagonal)
     adapt_count: int
     windows: tuple[tuple[int, int], ...]
     num_warmup: int
@@ -113,15 +111,12 @@ class MALAKernel:
         chains, dim = position.shape
         log_step = torch.full((chains,), math.log(self.init_step_size or dim ** (-1 / 6)),
                               dtype=position.dtype, device=position.device)
-        zeros = torch.zeros_like(position)
         return MALAState(
             mh=self.evaluate(position),
             log_step_size=log_step,
             averaging=self._restart(log_step),
             scale=torch.ones_like(position),
-            window_mean=zeros,
-            window_m2=zeros,
-            window_count=0,
+            window=welford_start(position, dense=False),
             adapt_count=0,
             windows=tuple(slow_windows(num_warmup)) if self.adapt_scale else (),
             num_warmup=num_warmup,
@@ -147,12 +142,7 @@ class MALAKernel:
                                averaging=DualAveraging(avg.mu, h_bar, log_step_bar))
         for start, end in state.windows:
             if start <= step_index < end:
-                count = state.window_count + 1
-                x = state.mh.position
-                delta = x - state.window_mean
-                mean = state.window_mean + delta / count
-                m2 = state.window_m2 + delta * (x - mean)
-                state = state._replace(window_mean=mean, window_m2=m2, window_count=count)
+                state = state._replace(window=welford_update(state.window, state.mh.position))
                 if step_index == end - 1:
                     state = self._close_window(state)
         if step_index == state.num_warmup - 1:  # warm-up ends: fix the averaged step size
@@ -160,7 +150,7 @@ class MALAKernel:
         return state
 
     def _close_window(self, state: MALAState) -> MALAState:
-        scale = regularised_covariance(state.window_m2, state.window_count).sqrt()
+        scale = welford_covariance(state.window).sqrt()
         dim = state.mh.position.shape[1]
         log_step = torch.full_like(state.log_step_size,
                                    math.log(self.init_step_size or dim ** (-1 / 6)))
@@ -168,9 +158,7 @@ class MALAKernel:
             scale=scale,
             log_step_size=log_step,
             averaging=self._restart(log_step),
-            window_mean=torch.zeros_like(state.window_mean),
-            window_m2=torch.zeros_like(state.window_m2),
-            window_count=0,
+            window=welford_start(state.mh.position, dense=False),
             adapt_count=0,
         )
 

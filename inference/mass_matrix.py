@@ -1,6 +1,7 @@
 """Metric estimation in warm-up: Welford moments per chain, regularised as Stan does.
 
-Diagonal: variances; dense: covariances. Both are shrunk towards 1e-3 * I with weight
+Diagonal: variances; dense: covariances (NUTS/HMC metrics, and the MH, MALA and slice
+scales). Both are shrunk towards 1e-3 * I with weight
 5 / (n + 5), Stan's rule, so a short window cannot give a singular metric.
 """
 
@@ -36,13 +37,20 @@ def welford_update(state: Welford, position: torch.Tensor) -> Welford:
     return Welford(count, mean, m2)
 
 
-def welford_metric(state: Welford) -> Metric:
-    """The regularised estimate as a metric (inverse mass = posterior covariance)."""
+def welford_covariance(state: Welford) -> torch.Tensor:
+    """The window's (co)variance shrunk towards 1e-3 (times I) with weight 5 / (n + 5)."""
     n = state.count
     covariance = state.m2 / max(n - 1, 1)
     shrink = 5.0 / (n + 5.0)
     if covariance.dim() == 3:
         eye = torch.eye(covariance.shape[-1], dtype=covariance.dtype, device=covariance.device)
-        covariance = (1 - shrink) * covariance + 1e-3 * shrink * eye
+        return (n / (n + 5.0)) * covariance + 1e-3 * shrink * eye
+    return (n / (n + 5.0)) * covariance + 1e-3 * shrink
+
+
+def welford_metric(state: Welford) -> Metric:
+    """The regularised estimate as a metric (inverse mass = posterior covariance)."""
+    covariance = welford_covariance(state)
+    if covariance.dim() == 3:
         return dense_metric(0.5 * (covariance + covariance.transpose(-1, -2)))
-    return diagonal_metric((1 - shrink) * covariance + 1e-3 * shrink)
+    return diagonal_metric(covariance)

@@ -22,6 +22,7 @@ import torch
 
 from bayesdl.errors import BayesdlError
 from bayesdl.inference.counter_rng import ChainRNG
+from bayesdl.inference.mass_matrix import Welford, welford_covariance, welford_start, welford_update
 from bayesdl.inference.metropolis import (
     PROPOSAL_STREAM,
     MHInfo,
@@ -38,9 +39,7 @@ class RandomWalkState(NamedTuple):
     mh: MHState
     log_step_size: torch.Tensor  # [C]
     scale: torch.Tensor  # [C, D] marginal scales (diag) or [C, D, D] Cholesky factor (full)
-    window_mean: torch.Tensor  # [C, D] Welford accumulators of the current slow window
-    window_m2: torch.Tensor  # [C, D] (diag) or [C, D, D] (full)
-    window_count: int
+    window: Welford  # moments of the current slow window
     adapt_count: int
     windows: tuple[tuple[int, int], ...]
     fitted_mean: torch.Tensor  # [C, D] mean of the last closed window (the start before)
@@ -61,16 +60,6 @@ def _propose(rng: ChainRNG, step_index: int, state: MHState, params: tuple[torch
 
 
 _mh_step = build_mh_step(_propose)
-
-
-def regularised_covariance(m2: torch.Tensor, count: int) -> torch.Tensor:
-    """Stan's shrinkage of a window's Welford (co)variance towards 1e-3 (times I)."""
-    variance = m2 / max(count - 1, 1)
-    jitter = 1e-3 * (5.0 / (count + 5.0))
-    if m2.dim() == 3:
-        eye = torch.eye(m2.shape[-1], dtype=m2.dtype, device=m2.device)
-        return (count / (count + 5.0)) * variance + jitter * eye
-    return (count / (count + 5.0)) * variance + jitter
 
 
 def covariance_factor(cov: torch.Tensor) -> torch.Tensor:
@@ -107,7 +96,6 @@ class RandomWalkKernel:
 
     def init(self, position: torch.Tensor, log_density: torch.Tensor, num_warmup: int):
         chains, dim = position.shape
-        zeros = torch.zeros_like(position)
         full = self.adapt == "full"
         eye = torch.eye(dim, dtype=position.dtype, device=position.device).expand(chains, dim, dim)
         return RandomWalkState(
@@ -115,9 +103,7 @@ class RandomWalkKernel:
             log_step_size=torch.full((chains,), self._initial_log_step(dim),
                                      dtype=position.dtype, device=position.device),
             scale=eye.clone() if full else torch.ones_like(position),
-            window_mean=zeros,
-            window_m2=torch.zeros_like(eye) if full else zeros,
-            window_count=0,
+            window=welford_start(position, full),
             adapt_count=0,
             windows=tuple(slow_windows(num_warmup)) if self.adapt != "none" else (),
             fitted_mean=position.clone(),
@@ -138,30 +124,20 @@ class RandomWalkKernel:
         state = state._replace(log_step_size=log_step, adapt_count=state.adapt_count + 1)
         for start, end in state.windows:
             if start <= step_index < end:
-                count = state.window_count + 1
-                x = state.mh.position
-                delta = x - state.window_mean
-                mean = state.window_mean + delta / count
-                if state.window_m2.dim() == 3:
-                    m2 = state.window_m2 + delta[:, :, None] * (x - mean)[:, None, :]
-                else:
-                    m2 = state.window_m2 + delta * (x - mean)
-                state = state._replace(window_mean=mean, window_m2=m2, window_count=count)
+                state = state._replace(window=welford_update(state.window, state.mh.position))
                 if step_index == end - 1:
                     state = self._close_window(state)
         return state
 
     def _close_window(self, state: RandomWalkState) -> RandomWalkState:
-        cov = regularised_covariance(state.window_m2, state.window_count)
+        cov = welford_covariance(state.window)
         scale = covariance_factor(cov) if cov.dim() == 3 else cov.sqrt()
         dim = state.mh.position.shape[1]
         return state._replace(
             scale=scale,
             log_step_size=torch.full_like(state.log_step_size, self._initial_log_step(dim)),
-            fitted_mean=state.window_mean,
-            window_mean=torch.zeros_like(state.window_mean),
-            window_m2=torch.zeros_like(state.window_m2),
-            window_count=0,
+            fitted_mean=state.window.mean,
+            window=welford_start(state.mh.position, cov.dim() == 3),
             adapt_count=0,
         )
 

@@ -32,9 +32,9 @@ import torch
 from bayesdl.errors import BayesdlError
 from bayesdl.inference.batched_mcmc import run_batched_mcmc
 from bayesdl.inference.counter_rng import ChainRNG
+from bayesdl.inference.mass_matrix import Welford, welford_covariance, welford_start, welford_update
 from bayesdl.inference.model_spec import ModelSpec
 from bayesdl.inference.pyro_kernel import PyroKernelAdapter
-from bayesdl.inference.random_walk import regularised_covariance
 from bayesdl.inference.samples import Samples
 from bayesdl.inference.settings import RunSettings
 from bayesdl.inference.warmup_schedule import slow_windows
@@ -50,9 +50,7 @@ class SliceState(NamedTuple):
     position: torch.Tensor  # [C, D]
     log_density: torch.Tensor  # [C]
     width: torch.Tensor  # [C, D]
-    window_mean: torch.Tensor  # [C, D]
-    window_m2: torch.Tensor  # [C, D]
-    window_count: int
+    window: Welford  # moments of the current slow window (diagonal)
     windows: tuple[tuple[int, int], ...]
 
 
@@ -88,14 +86,11 @@ class SliceKernel:
         self.adapt_width = adapt_width
 
     def init(self, position: torch.Tensor, log_density: torch.Tensor, num_warmup: int) -> SliceState:
-        zeros = torch.zeros_like(position)
         return SliceState(
             position=position,
             log_density=log_density,
             width=torch.full_like(position, self.init_width),
-            window_mean=zeros,
-            window_m2=zeros,
-            window_count=0,
+            window=welford_start(position, dense=False),
             windows=tuple(slow_windows(num_warmup)) if self.adapt_width else (),
         )
 
@@ -166,20 +161,11 @@ class SliceKernel:
     def _adapt(self, state: SliceState, step_index: int) -> SliceState:
         for start, end in state.windows:
             if start <= step_index < end:
-                count = state.window_count + 1
-                x = state.position
-                delta = x - state.window_mean
-                mean = state.window_mean + delta / count
-                m2 = state.window_m2 + delta * (x - mean)
-                state = state._replace(window_mean=mean, window_m2=m2, window_count=count)
+                state = state._replace(window=welford_update(state.window, state.position))
                 if step_index == end - 1:
-                    scale = regularised_covariance(m2, count).sqrt()
-                    state = state._replace(
-                        width=self.width_scale * scale,
-                        window_mean=torch.zeros_like(mean),
-                        window_m2=torch.zeros_like(m2),
-                        window_count=0,
-                    )
+                    scale = welford_covariance(state.window).sqrt()
+                    state = state._replace(width=self.width_scale * scale,
+                                           window=welford_start(state.position, dense=False))
         return state
 
     def position(self, state: SliceState) -> torch.Tensor:
