@@ -30,47 +30,19 @@ import pytest
 import torch
 from pyro.infer import Trace_ELBO
 from pyro.infer.autoguide import AutoMultivariateNormal
+from test_svi import CPU, MEAN, SD, gaussian_kl, regression_spec
 
 from bayesdl.device import run_context
 from bayesdl.errors import BayesdlError
 from bayesdl.inference.model_spec import ModelSpec
 from bayesdl.inference.svi import SVIOptions, fit_svi, make_minibatching
-from bayesdl.model_source import load_model_spec
-from bayesdl.models.regression import linear_regression_data
 
-NOISE = 0.5
-PRIOR_SCALE = 10.0
-CPU = torch.device("cpu")
 KINDS = ["uniform", "dpp"]
 
 
 @pytest.fixture(autouse=True, scope="module")
 def _one_thread(one_torch_thread):
     """Every test here runs on one torch thread (see tests/conftest.py)."""
-
-
-def conjugate_posterior() -> tuple[np.ndarray, np.ndarray]:
-    data = linear_regression_data()
-    design = np.column_stack([np.ones(len(data["y"])), data["X"]])
-    precision = design.T @ design / NOISE**2 + np.eye(design.shape[1]) / PRIOR_SCALE**2
-    cov = np.linalg.inv(precision)
-    return cov @ design.T @ data["y"] / NOISE**2, cov
-
-
-MEAN, COV = conjugate_posterior()
-SD = np.sqrt(np.diag(COV))
-
-
-def gaussian_kl(mean: np.ndarray, cov: np.ndarray) -> float:
-    """KL(N(mean, cov) || exact posterior), in nats."""
-    precision = np.linalg.inv(COV)
-    diff = mean - MEAN
-    return 0.5 * float(np.trace(precision @ cov) + diff @ precision @ diff - len(MEAN)
-                       + np.linalg.slogdet(COV)[1] - np.linalg.slogdet(cov)[1])
-
-
-def regression_spec() -> ModelSpec:
-    return load_model_spec("linear_regression", None, {"noise": NOISE}, CPU, torch.float64)
 
 
 def flat_gradient(model, guide, data: dict, params: list[torch.Tensor]) -> torch.Tensor:
