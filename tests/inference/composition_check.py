@@ -13,10 +13,10 @@ from test_composition import Y_MIX, assert_within_mcse, bernoulli_mixture, exact
 import bayesdl
 
 
-def check_mixture_by_enumeration(method: str) -> None:
+def check_mixture_by_enumeration(method: str, warmup: int = 150, draws: int = 200) -> None:
     """E[mu], E[mu^2] and every P(z_i = 1) within 4 MCSE."""
     idata = bayesdl.infer(bernoulli_mixture, {"y": torch.tensor(Y_MIX)}, method=method,
-                          chains=64, warmup=150, draws=200, seed=2, progress=False)
+                          chains=64, warmup=warmup, draws=draws, seed=2, progress=False)
     states = np.array(list(itertools.product([0, 1], repeat=6)))
     log_prior = (states * math.log(0.3) + (1 - states) * math.log(0.7)).sum(1)
     mean, second, p = exact_posterior(Y_MIX, 3.0 * states, log_prior)
