@@ -67,6 +67,21 @@ def _uniform_grid(keys: torch.Tensor, counter: int, numel: int) -> torch.Tensor:
     return (top53.to(torch.float64) + 0.5) * 1.1102230246251565e-16
 
 
+def uniform_at(keys: torch.Tensor, step: torch.Tensor, stream: torch.Tensor,
+               element: int | torch.Tensor) -> torch.Tensor:
+    """Element ``element`` (0-based, flat) of ``ChainRNG.uniform(step, stream, shape)``
+    for every key, float64, with ``step``/``stream``/``element`` tensors: the same bits,
+    in plain tensor arithmetic that traced and compiled code (NUTS's compiled loop) can
+    hold. (int64 products wrap like the uint64 arithmetic of :func:`_counter`.)"""
+    counter = (step * 0x10001 + stream) * _STEP
+    if isinstance(element, int):  # a Python constant must be wrapped to int64 here
+        offset = _signed(((element + 1) * (_STEP % (1 << 64))) % (1 << 64))
+    else:
+        offset = (element + 1) * _STEP
+    hashed = mix64(mix64(keys ^ counter) + offset)
+    return (_shift_right(hashed, 11).to(torch.float64) + 0.5) * _TWO_POW_MINUS_53
+
+
 def _counter(step: int, stream: int) -> int:
     """The int64 counter of (step, stream), mixed with the chain key before hashing."""
     return _signed(((int(step) * 0x10001 + int(stream)) * 0xD1B54A32D192ED03) % (1 << 64))

@@ -25,8 +25,8 @@ from typing import NamedTuple
 
 import torch
 
+from bayesdl.inference.compiled_nuts import CompiledTransition
 from bayesdl.inference.counter_rng import ChainRNG
-from bayesdl.inference.fused_leaf import FusedLeaf, _trailing_zeros, weigh_leaf
 from bayesdl.inference.hmc_warmup import StanWarmup, WarmupState
 from bayesdl.inference.integrator import (
     HamiltonianKernel,
@@ -37,6 +37,7 @@ from bayesdl.inference.integrator import (
     sample_momentum,
     velocity,
 )
+from bayesdl.inference.nuts_leaf import _trailing_zeros, merge_subtree, weigh_leaf
 
 MOMENTUM_STREAM = 11
 DEPTH_STREAM = 100  # + depth
@@ -100,44 +101,38 @@ def _merge_subtree(merge: torch.Tensor, going_right: torch.Tensor, log_u: torch.
                    r: torch.Tensor, grad: torch.Tensor, log_density: torch.Tensor,
                    left: torch.Tensor, right: torch.Tensor, momentum_sum: torch.Tensor,
                    sub_momentum_sum: torch.Tensor, inverse_mass: torch.Tensor):
-    """Join a finished subtree to the tree, for the chains in ``merge``: biased progressive
-    sampling of the proposal (Betancourt 2017), the new edge on the side it grew, and the
-    U-turn check of the whole tree. Scripted, as it runs once per doubling."""
-    dim = position.shape[1]
-    take = merge & (log_u < sub_log_weight - tree_log_weight)
-    proposal = torch.where(take[:, None], sub_proposal, proposal)
-    tree_log_weight = torch.where(merge, torch.logaddexp(tree_log_weight, sub_log_weight),
-                                  tree_log_weight)
+    """:func:`~bayesdl.inference.nuts_leaf.merge_subtree` at the subtree's last leaf;
+    scripted, as it runs once per doubling."""
     frontier = torch.cat([position, r, grad, log_density[:, None]], dim=1)
-    right = torch.where((merge & going_right)[:, None], frontier, right)
-    left = torch.where((merge & ~going_right)[:, None], frontier, left)
-    momentum_sum = torch.where(merge[:, None], momentum_sum + sub_momentum_sum, momentum_sum)
-    left_r, right_r = left[:, dim:2 * dim], right[:, dim:2 * dim]
-    if inverse_mass.dim() == 3:
-        left_v = torch.matmul(inverse_mass, left_r.unsqueeze(-1)).squeeze(-1)
-        right_v = torch.matmul(inverse_mass, right_r.unsqueeze(-1)).squeeze(-1)
-    else:
-        left_v, right_v = inverse_mass * left_r, inverse_mass * right_r
-    turned = ((left_v * momentum_sum).sum(-1) <= 0) | ((right_v * momentum_sum).sum(-1) <= 0)
-    return proposal, tree_log_weight, left, right, momentum_sum, merge & ~turned
+    return merge_subtree(merge, going_right, log_u, sub_log_weight, tree_log_weight,
+                         sub_proposal, proposal, frontier, left, right, momentum_sum,
+                         sub_momentum_sum, inverse_mass, position.shape[1])
 
 
 def nuts_transition(rng: ChainRNG, step_index: int, point: PhasePoint, step_size: torch.Tensor,
                     metric: Metric, potential_fn: PotentialFn, max_tree_depth: int = 10,
                     max_energy_error: float = 1000.0,
-                    fused: FusedLeaf | None = None) -> tuple[PhasePoint, NUTSInfo]:
+                    compiled: CompiledTransition | None = None) -> tuple[PhasePoint, NUTSInfo]:
     """One NUTS draw for every chain from ``point`` (see the module docstring).
 
     The leaf loop is written for few tensor operations (it is the hot path on CPU,
     where each operation costs about a microsecond whatever its size): masks are
     applied arithmetically where possible, and a subtree's proposal is one packed
-    tensor ``[position | grad | log_density | log_weight]``. ``fused``, when given, runs
-    each leaf as one compiled graph (:mod:`~bayesdl.inference.fused_leaf`).
+    tensor ``[position | grad | log_density | log_weight]``. ``compiled``, when given,
+    builds the whole tree in one compiled call instead
+    (:mod:`~bayesdl.inference.compiled_nuts`), to the same draws.
     """
     chains, dim = point.position.shape
     dtype, device = point.position.dtype, point.position.device
     momentum = sample_momentum(rng, step_index, MOMENTUM_STREAM, metric, point.position)
     energy0 = hamiltonian(point, momentum, metric)
+    if compiled is not None:
+        proposal, accept_sum, n_steps, depth, diverging = compiled(
+            point.position, point.log_density, point.grad, momentum, energy0, step_size,
+            metric.inverse_mass, rng.keys, torch.tensor(step_index, device=device))
+        return _draw(proposal, dim), NUTSInfo(
+            accept_sum / n_steps.clamp(min=1), n_steps, depth, diverging,
+            energy0 - proposal[:, 2 * dim + 1], step_size)
     zeros = torch.zeros(chains, dtype=dtype, device=device)
 
     left = right = _pack(point, momentum)  # [position | momentum | grad | log_density]
@@ -150,9 +145,6 @@ def nuts_transition(rng: ChainRNG, step_index: int, point: PhasePoint, step_size
     depth = torch.zeros(chains, dtype=torch.int64, device=device)
     n_steps = zeros
     accept_sum = zeros
-    if fused is not None:
-        checkpoint_velocity, checkpoint_sum = fused.checkpoints(momentum)
-
     for d in range(max_tree_depth):
         depth = depth + active.to(depth.dtype)  # Stan counts the doubling even if rejected
         # one draw per doubling: [direction, merge, one per leaf]
@@ -165,24 +157,10 @@ def nuts_transition(rng: ChainRNG, step_index: int, point: PhasePoint, step_size
         sub_proposal = proposal
         sub_log_weight = torch.full_like(zeros, -math.inf)
         sub_momentum_sum = torch.zeros_like(momentum)
-        if fused is None:
-            checkpoint_velocity = momentum.new_empty((d + 1, chains, dim))
-            checkpoint_sum = momentum.new_empty((d + 1, chains, dim))
-        else:  # the compiled graph takes contiguous inputs
-            position, r, grad = position.contiguous(), r.contiguous(), grad.contiguous()
-            leaf_log_uniforms = log_uniforms[:, 2:].t().contiguous()
+        checkpoint_velocity = momentum.new_empty((d + 1, chains, dim))
+        checkpoint_sum = momentum.new_empty((d + 1, chains, dim))
         building = active
         for n in range(2**d):
-            if fused is not None:
-                (position, r, grad, log_density, accept_sum, n_steps, building, diverging,
-                 sub_log_weight, sub_proposal, sub_momentum_sum, checkpoint_velocity,
-                 checkpoint_sum) = fused(
-                    d, n, position, r, grad, signed_step, metric.inverse_mass, energy0,
-                    accept_sum, n_steps, building, diverging, sub_log_weight, sub_proposal,
-                    sub_momentum_sum, checkpoint_velocity, checkpoint_sum, leaf_log_uniforms[n])
-                if n + 1 < 2**d and not bool(building.any()):
-                    break
-                continue
             r = torch.addcmul(r, half_step, grad)
             position = torch.addcmul(position, signed_step, velocity(r, metric))
             log_density, grad = potential_fn(position)
@@ -203,11 +181,15 @@ def nuts_transition(rng: ChainRNG, step_index: int, point: PhasePoint, step_size
         if not bool(active.any()):
             break
 
-    new_point = PhasePoint(proposal[:, :dim].contiguous(), proposal[:, 2 * dim],
-                           proposal[:, dim:2 * dim].contiguous())
     info = NUTSInfo(accept_sum / n_steps.clamp(min=1), n_steps, depth, diverging,
                     energy0 - proposal[:, 2 * dim + 1], step_size)
-    return new_point, info
+    return _draw(proposal, dim), info
+
+
+def _draw(proposal: torch.Tensor, dim: int) -> PhasePoint:
+    """The point packed as ``[position | grad | log_density | log_weight]``."""
+    return PhasePoint(proposal[:, :dim].contiguous(), proposal[:, 2 * dim].contiguous(),
+                      proposal[:, dim:2 * dim].contiguous())
 
 
 def _pack(point: PhasePoint, momentum: torch.Tensor) -> torch.Tensor:
@@ -218,8 +200,8 @@ class NUTSKernel(HamiltonianKernel):
     """Batched NUTS on the kernel protocol, with Stan's warm-up (see module docstring).
 
     ``potential_fn(flat [C, D]) -> (log_density [C], grad [C, D])``. ``gradient_graph``
-    (``flat -> (grad, log_density)``, a traced graph) makes every leaf one compiled
-    graph (:mod:`~bayesdl.inference.fused_leaf`), compiled in :meth:`init`.
+    (``flat -> (grad, log_density)``, a traced graph) makes every transition one
+    compiled loop (:mod:`~bayesdl.inference.compiled_nuts`), compiled in :meth:`init`.
     """
 
     def __init__(self, potential_fn: PotentialFn, max_tree_depth: int = 10,
@@ -229,7 +211,7 @@ class NUTSKernel(HamiltonianKernel):
                  gradient_graph: Callable | None = None):
         self.potential_fn = potential_fn
         self.gradient_graph = gradient_graph
-        self.fused: FusedLeaf | None = None
+        self.compiled: CompiledTransition | None = None
         self.max_tree_depth = max_tree_depth
         self.max_energy_error = max_energy_error
         self.warmup = StanWarmup(target_accept, dense_mass, adapt_step_size,
@@ -238,13 +220,14 @@ class NUTSKernel(HamiltonianKernel):
     def init(self, position: torch.Tensor, log_density: torch.Tensor, num_warmup: int) -> NUTSState:
         log_density, grad = self.potential_fn(position)
         warmup = self.warmup.init(position, num_warmup)
-        if self.gradient_graph is not None and self.fused is None:
-            fused = FusedLeaf(self.gradient_graph, self.max_tree_depth, self.max_energy_error)
+        if self.gradient_graph is not None and self.compiled is None:
+            compiled = CompiledTransition(self.gradient_graph, self.max_tree_depth,
+                                          self.max_energy_error)
             try:
-                fused.compile(position, warmup.metric.inverse_mass)
-                self.fused = fused
-            except Exception as error:  # noqa: BLE001 - any compiler failure: run unfused
-                warnings.warn(f"compiling the NUTS leaf failed ({type(error).__name__}: "
+                compiled.compile(position, warmup.metric.inverse_mass)
+                self.compiled = compiled
+            except Exception as error:  # noqa: BLE001 - any compiler failure: run uncompiled
+                warnings.warn(f"compiling the NUTS transition failed ({type(error).__name__}: "
                               f"{str(error).splitlines()[0][:160] if str(error) else ''}); "
                               "running it uncompiled", stacklevel=2)
                 self.gradient_graph = None
@@ -257,14 +240,15 @@ class NUTSKernel(HamiltonianKernel):
             adapt = self.warmup.begin(rng, step_index, adapt, state.point, self.potential_fn)
         point, info = nuts_transition(rng, step_index, state.point, adapt.step_size,
                                       adapt.metric, self.potential_fn, self.max_tree_depth,
-                                      self.max_energy_error, self._fused_for(state.point))
+                                      self.max_energy_error,
+                                      self._compiled_for(state.point, adapt.metric))
         if warmup:
             adapt = self.warmup.update(rng, step_index, adapt, point, info.acceptance_rate,
                                        self.potential_fn)
         return NUTSState(point, adapt), info
 
-    def _fused_for(self, point: PhasePoint) -> FusedLeaf | None:
-        """The compiled leaf if it was compiled for these shapes."""
-        if self.fused is None or point.position.shape != self.fused.shape:
+    def _compiled_for(self, point: PhasePoint, metric: Metric) -> CompiledTransition | None:
+        """The compiled transition if it was compiled for these shapes."""
+        if self.compiled is None or not self.compiled.fits(point.position, metric.inverse_mass):
             return None
-        return self.fused
+        return self.compiled

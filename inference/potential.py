@@ -164,7 +164,7 @@ class BatchedPotential:
         it once into a lean graph (:mod:`~bayesdl.inference.traced_potential`), checked
         against the model at random points, and runs it with TorchScript; ``"compile"``
         does the same and keeps the graph (``gradient_graph``) for a kernel to compile
-        with Inductor (:meth:`compiled_log_density_and_grad`, or NUTS's fused leaf);
+        with Inductor (:meth:`compiled_log_density_and_grad`, or NUTS's compiled transition);
         ``"auto"`` traces and falls back to the model silently. Returns whether the
         traced graphs are in use.
         """

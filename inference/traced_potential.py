@@ -6,7 +6,7 @@ it thousands of times, so we trace ``vmap(grad_and_value(log_density))`` once wi
 ``make_fx`` into a graph of ATen operations, simplify that graph, and run it with
 TorchScript's interpreter (about 10x faster than Pyro here, no compile step).
 :func:`compile_graph` hands a traced graph (or a bigger function built around one, as
-NUTS's fused leaf) to Inductor instead: fused kernels, seconds of compilation per model
+the whole NUTS transition) to Inductor instead: fused kernels, seconds of compilation per model
 (cached on disk); it is the ``compile`` choice, for long runs.
 
 The simplifications are written here because no library offers them on a plain
@@ -266,7 +266,8 @@ def trace_gradient(grad_fn: Callable, example: torch.Tensor) -> tuple[Callable, 
     return script_graph(gm, example), operations
 
 
-def compile_graph(function: Callable, example_inputs: list[torch.Tensor]) -> Callable:
+def compile_graph(function: Callable, example_inputs: list[torch.Tensor],
+                  cpp_wrapper: bool = False) -> Callable:
     """Trace ``function(*example_inputs)`` (tensors in, a tuple of tensors out) into one
     ATen graph and compile it with Inductor for exactly these shapes, dtypes and device.
 
@@ -274,6 +275,9 @@ def compile_graph(function: Callable, example_inputs: list[torch.Tensor]) -> Cal
     the graph is already captured, and skipping Dynamo's guards saves tens of
     microseconds per call, which is the point on CPU. Raises whatever Inductor raises
     (e.g. when no C++ compiler is installed); callers fall back to :func:`script_graph`.
+    ``cpp_wrapper``: Inductor writes the code that calls its kernels (and runs loops of
+    ``torch.while_loop``) in C++ rather than Python: slower to compile, microseconds
+    less per kernel call.
     """
     from torch._inductor import config as inductor_config
     from torch._inductor.compile_fx import compile_fx
@@ -291,9 +295,23 @@ def compile_graph(function: Callable, example_inputs: list[torch.Tensor]) -> Cal
     # one process: a pool of compile workers costs more to start than it saves here;
     # (size_asserts: the callers pass contiguous tensors of the traced shapes; checking
     # every argument on every call would cost more than the fused kernels themselves)
-    with inductor_config.patch(compile_threads=1, size_asserts=False):
-        compiled = compile_fx(gm, fake_inputs)
-        compiled(*example_inputs)  # compile now, not at the first real call
+    # (Inductor declines to cache graphs with loops unless told: its cache key hashes the
+    # loop's body and condition graphs like the rest, so marking them is safe)
+    cacheable = {"torch.ops.higher_order.while_loop": torch.__version__}
+    # (no precompiled header: one C++ file per graph gains nothing from it, and checking
+    # it costs a preprocessor run on every cache hit)
+    settings = dict(compile_threads=1, size_asserts=False, cpp_wrapper=cpp_wrapper,
+                    unsafe_marked_cacheable_functions=cacheable,
+                    cpp_cache_precompile_headers=False)
+    try:  # trust the vector instructions the CPU reports: Inductor otherwise checks each
+        # by building and loading a library in ten subprocesses, a second per process
+        with inductor_config.patch(**settings, **{"cpp.vec_isa_ok": True}):
+            compiled = compile_fx(gm, fake_inputs)
+            compiled(*example_inputs)  # compile now, not at the first real call
+    except Exception:  # noqa: BLE001 - e.g. a compiler without those instructions: check them
+        with inductor_config.patch(**settings):
+            compiled = compile_fx(gm, fake_inputs)
+            compiled(*example_inputs)
     return compiled
 
 

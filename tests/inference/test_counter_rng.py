@@ -14,7 +14,7 @@ import pytest
 import torch
 from scipy import stats
 
-from bayesdl.inference.counter_rng import ChainRNG, mix64
+from bayesdl.inference.counter_rng import ChainRNG, mix64, uniform_at
 
 MASK = (1 << 64) - 1
 GOLDEN = 0x9E3779B97F4A7C15
@@ -89,6 +89,19 @@ def test_uniform_is_the_top_53_bits_centred():
     bits = rng.bits(4, 1, (100,))[0]
     expected = [((to_unsigned(int(b)) >> 11) + 0.5) * 2.0**-53 for b in bits]
     assert rng.uniform(4, 1, (100,))[0].tolist() == expected
+
+
+def test_uniform_at_gives_the_grid_bits_for_tensor_counters():
+    """The element-wise form used inside compiled loops equals the scripted grid bit for
+    bit, for Python-int and tensor elements, at large steps and streams."""
+    rng = ChainRNG([3, -5, 2**40])
+    for step, stream in [(0, 100), (12_345, 107), (2**31, 5)]:
+        grid = rng.uniform(step, stream, (40,))
+        step_t, stream_t = torch.tensor(step), torch.tensor(stream)
+        for element in (0, 1, 17, 39):
+            assert torch.equal(uniform_at(rng.keys, step_t, stream_t, element), grid[:, element])
+            assert torch.equal(uniform_at(rng.keys, step_t, stream_t, torch.tensor(element)),
+                               grid[:, element])
 
 
 # ----------------------------------------------------------------- distributions

@@ -309,13 +309,14 @@ def _require_inductor() -> None:
 
 
 @pytest.mark.parametrize("dense", [False, pytest.param(True, marks=pytest.mark.slow)])
-def test_compiled_leaf_takes_the_same_transitions(dense):
-    """NUTS with every leaf compiled as one Inductor graph (potential=compile) builds the
-    same trees and lands on the same draws as the uncompiled leaf, to rounding, with a
-    diagonal or a dense metric."""
+def test_compiled_transition_takes_the_same_transitions(dense):
+    """NUTS with the whole tree compiled as one loop (potential=compile) builds the same
+    trees and lands on the same draws as the Python driver, to rounding, with a diagonal
+    or a dense metric; draws differ between steps and chains (the in-loop random numbers
+    are keyed like the driver's)."""
     _require_inductor()
     from bayesdl.device import run_context
-    from bayesdl.inference.fused_leaf import FusedLeaf
+    from bayesdl.inference.compiled_nuts import CompiledTransition
     from bayesdl.inference.integrator import diagonal_metric
     from bayesdl.inference.nuts import nuts_transition
     from bayesdl.model_source import load_model_spec
@@ -334,34 +335,42 @@ def test_compiled_leaf_takes_the_same_transitions(dense):
             metric = dense_metric(covariance.expand(4, -1, -1).clone())
         else:
             metric = diagonal_metric(scales.expand(4, -1).clone())
-        fused = FusedLeaf(potential.gradient_graph, max_tree_depth=10)
-        fused.compile(start, metric.inverse_mass)
+        compiled = CompiledTransition(potential.gradient_graph, max_tree_depth=10)
+        compiled.compile(start, metric.inverse_mass)
         point = PhasePoint(start, *potential.log_density_and_grad(start))
         rng = ChainRNG([1, 2, 3, 4])
         step_size = torch.tensor([0.3, 0.2, 0.4, 0.25], dtype=torch.float64)
-        for step in range(5):
+        depths = set()
+        for step in range(6):
             plain, plain_info = nuts_transition(rng, step, point, step_size, metric,
                                                 potential.log_density_and_grad)
-            compiled, compiled_info = nuts_transition(rng, step, point, step_size, metric,
-                                                      potential.log_density_and_grad,
-                                                      fused=fused)
-            torch.testing.assert_close(compiled.position, plain.position, rtol=1e-9, atol=1e-9)
-            assert torch.equal(compiled_info.n_steps, plain_info.n_steps)
-            assert torch.equal(compiled_info.tree_depth, plain_info.tree_depth)
-            torch.testing.assert_close(compiled_info.acceptance_rate, plain_info.acceptance_rate,
+            fast, fast_info = nuts_transition(rng, step, point, step_size, metric,
+                                              potential.log_density_and_grad, compiled=compiled)
+            torch.testing.assert_close(fast.position, plain.position, rtol=1e-9, atol=1e-9)
+            torch.testing.assert_close(fast.grad, plain.grad, rtol=1e-9, atol=1e-9)
+            torch.testing.assert_close(fast.log_density, plain.log_density, rtol=1e-9, atol=1e-9)
+            assert torch.equal(fast_info.n_steps, plain_info.n_steps)
+            assert torch.equal(fast_info.tree_depth, plain_info.tree_depth)
+            assert torch.equal(fast_info.diverging, plain_info.diverging)
+            torch.testing.assert_close(fast_info.acceptance_rate, plain_info.acceptance_rate,
                                        rtol=1e-9, atol=1e-9)
+            torch.testing.assert_close(fast_info.energy, plain_info.energy, rtol=1e-9, atol=1e-9)
+            depths.update(plain_info.tree_depth.tolist())
+            assert not torch.equal(plain.position, point.position)
             point = plain
+        assert len(depths) > 1  # trees of several depths were compared
 
 
 def test_a_failed_compilation_warns_and_runs_uncompiled(monkeypatch):
     """No C++ compiler (or any Inductor failure): one warning, and NUTS runs as traced."""
-    import bayesdl.inference.fused_leaf as fused_leaf
+    import bayesdl.inference.compiled_nuts as compiled_nuts
 
     def broken(*args, **kwargs):
         raise RuntimeError("no C++ compiler found")
 
-    monkeypatch.setattr(fused_leaf, "compile_graph", broken)
-    with pytest.warns(UserWarning, match="compiling the NUTS leaf failed .*no C\\+\\+ compiler"):
+    monkeypatch.setattr(compiled_nuts, "compile_graph", broken)
+    with pytest.warns(UserWarning,
+                      match="compiling the NUTS transition failed .*no C\\+\\+ compiler"):
         idata = bayesdl.infer("eight_schools", method="nuts", chains=2, warmup=20, draws=10,
                               potential="compile", progress=False)
     assert np.isfinite(idata.posterior["mu"].values).all()

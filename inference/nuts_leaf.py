@@ -1,0 +1,102 @@
+"""One NUTS leaf as pure tensor functions: leapfrog step, weight, multinomial sampling
+inside the subtree, divergence, and the U-turn checks of the aligned blocks it starts
+or ends.
+
+:func:`weigh_leaf` is shared by the Python driver's scripted leaf
+(:func:`~bayesdl.inference.nuts._leaf_update`) and :func:`masked_leaf`, the leaf of the
+compiled transition (:mod:`~bayesdl.inference.compiled_nuts`). A compiled graph needs
+static shapes, so unlike ``_leaf_update`` the levels whose aligned blocks start or end
+at a leaf are boolean masks over all ``max_tree_depth`` levels, and the checkpoints
+hold every level.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+
+
+def _trailing_zeros(n: int) -> int:
+    return (n & -n).bit_length() - 1
+
+
+def weigh_leaf(position: torch.Tensor, r: torch.Tensor, v: torch.Tensor, grad: torch.Tensor,
+               log_density: torch.Tensor, energy0: torch.Tensor, accept_sum: torch.Tensor,
+               n_steps: torch.Tensor, building: torch.Tensor, diverging: torch.Tensor,
+               sub_log_weight: torch.Tensor, sub_proposal: torch.Tensor, log_u: torch.Tensor,
+               max_energy_error: float):
+    """A new leaf's weight, acceptance statistic, divergence, and multinomial sampling
+    inside the subtree (keep the new leaf with probability w / sum w). Shared by the
+    scripted and the compiled leaf."""
+    log_weight = torch.add(log_density + energy0, (r * v).sum(-1), alpha=-0.5)
+    log_weight = torch.nan_to_num(log_weight, nan=-math.inf)
+    weight = building.to(log_weight.dtype)
+    accept_sum = torch.addcmul(accept_sum, weight, log_weight.clamp(max=0.0).exp())
+    n_steps = n_steps + weight
+    diverged = building & (log_weight < -max_energy_error)
+    diverging = diverging | diverged
+    sub_log_weight = torch.logaddexp(sub_log_weight, log_weight)
+    take = log_u < log_weight - sub_log_weight
+    leaf = torch.cat([position, grad, log_density.unsqueeze(1), log_weight.unsqueeze(1)], dim=1)
+    sub_proposal = torch.where(take.unsqueeze(1), leaf, sub_proposal)
+    return accept_sum, n_steps, diverged, diverging, sub_log_weight, sub_proposal
+
+
+def velocity(inverse_mass: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+    if inverse_mass.dim() == 3:
+        return torch.matmul(inverse_mass, r.unsqueeze(-1)).squeeze(-1)
+    return inverse_mass * r
+
+
+def masked_leaf(gradient_graph: Callable, max_energy_error: float, position: torch.Tensor,
+                 r: torch.Tensor, grad: torch.Tensor, signed_step: torch.Tensor,
+                 inverse_mass: torch.Tensor, energy0: torch.Tensor, accept_sum: torch.Tensor,
+                 n_steps: torch.Tensor, building: torch.Tensor, diverging: torch.Tensor,
+                 sub_log_weight: torch.Tensor, sub_proposal: torch.Tensor,
+                 sub_momentum_sum: torch.Tensor, checkpoint_velocity: torch.Tensor,
+                 checkpoint_sum: torch.Tensor, log_u: torch.Tensor, start_mask: torch.Tensor,
+                 end_mask: torch.Tensor):
+    """The whole leaf with level masks ``start_mask [L, 1, 1]`` and ``end_mask [L, 1]``."""
+    half_step = 0.5 * signed_step
+    r = torch.addcmul(r, half_step, grad)
+    position = torch.addcmul(position, signed_step, velocity(inverse_mass, r))
+    grad, log_density = gradient_graph(position)
+    log_density = torch.where(torch.isnan(log_density), -math.inf, log_density)
+    r = torch.addcmul(r, half_step, grad)
+    v = velocity(inverse_mass, r)
+    accept_sum, n_steps, diverged, diverging, sub_log_weight, sub_proposal = weigh_leaf(
+        position, r, v, grad, log_density, energy0, accept_sum, n_steps, building, diverging,
+        sub_log_weight, sub_proposal, log_u, max_energy_error)
+    checkpoint_velocity = torch.where(start_mask, v, checkpoint_velocity)
+    checkpoint_sum = torch.where(start_mask, sub_momentum_sum, checkpoint_sum)
+    sub_momentum_sum = sub_momentum_sum + r
+    block_sum = sub_momentum_sum - checkpoint_sum
+    turned = torch.minimum((checkpoint_velocity * block_sum).sum(-1),
+                           (v * block_sum).sum(-1)) <= 0
+    building = building & ~(diverged | (turned & end_mask).any(0))
+    return (position, r, grad, log_density, accept_sum, n_steps, building, diverging,
+            sub_log_weight, sub_proposal, sub_momentum_sum, checkpoint_velocity, checkpoint_sum)
+
+
+def merge_subtree(merge: torch.Tensor, going_right: torch.Tensor, log_u: torch.Tensor,
+                  sub_log_weight: torch.Tensor, tree_log_weight: torch.Tensor,
+                  sub_proposal: torch.Tensor, proposal: torch.Tensor, frontier: torch.Tensor,
+                  left: torch.Tensor, right: torch.Tensor, momentum_sum: torch.Tensor,
+                  sub_momentum_sum: torch.Tensor, inverse_mass: torch.Tensor, dim: int):
+    """Join a finished subtree to the tree, for the chains in ``merge``: biased progressive
+    sampling of the proposal (Betancourt 2017), the new edge ``frontier`` (packed as the
+    edges) on the side it grew, and the U-turn check of the whole tree. Returns the new
+    ``(proposal, tree_log_weight, left, right, momentum_sum, still_active)``."""
+    take = merge & (log_u < sub_log_weight - tree_log_weight)
+    proposal = torch.where(take[:, None], sub_proposal, proposal)
+    tree_log_weight = torch.where(merge, torch.logaddexp(tree_log_weight, sub_log_weight),
+                                  tree_log_weight)
+    right = torch.where((merge & going_right)[:, None], frontier, right)
+    left = torch.where((merge & ~going_right)[:, None], frontier, left)
+    momentum_sum = torch.where(merge[:, None], momentum_sum + sub_momentum_sum, momentum_sum)
+    left_v = velocity(inverse_mass, left[:, dim:2 * dim])
+    right_v = velocity(inverse_mass, right[:, dim:2 * dim])
+    turned = ((left_v * momentum_sum).sum(-1) <= 0) | ((right_v * momentum_sum).sum(-1) <= 0)
+    return proposal, tree_log_weight, left, right, momentum_sum, merge & ~turned
