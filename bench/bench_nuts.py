@@ -120,6 +120,8 @@ def run_one(config: str, posterior: str, quick: bool, device: str) -> dict:
         jax.config.update("jax_enable_x64", True)
         from numpyro.infer import MCMC, NUTS
 
+        jax.devices()  # JAX's backend starts at first use: a one-off, like our imports below
+
         started = time.perf_counter()
         mcmc = MCMC(NUTS(numpyro_model(posterior)), num_warmup=warmup, num_samples=draws,
                     num_chains=chains, chain_method="vectorized", progress_bar=False)
@@ -129,6 +131,12 @@ def run_one(config: str, posterior: str, quick: bool, device: str) -> dict:
         posterior_draws = az.from_dict(posterior=samples).posterior
         numpyro_version = numpyro.__version__
     else:
+        # torch's compiler stack is imported lazily at first use (torch.func imports
+        # Dynamo, ~1 s; potential=compile also Inductor, ~1 s); import it untimed, as
+        # NumPyro's JAX is imported untimed above
+        import torch._dynamo  # noqa: F401
+        import torch._inductor.compile_fx  # noqa: F401
+
         import bayesdl
 
         torch.set_default_dtype(torch.float64)

@@ -6,29 +6,13 @@ value back to the host until the end, so a CUDA run never waits on the CPU.
 
 from __future__ import annotations
 
-import contextlib
-import gc
-from collections.abc import Iterator
-
 import torch
 from tqdm.auto import tqdm
 
 from bayesdl.checkpoint import Checkpoint, check_encodable
+from bayesdl.device import collector_frozen
 from bayesdl.inference.counter_rng import ChainRNG
 from bayesdl.inference.kernel import BatchedKernel
-
-
-@contextlib.contextmanager
-def _collector_frozen() -> Iterator[None]:
-    """Exempt the objects alive before sampling from Python's cycle collector while it
-    runs: with torch, Pyro and a compiler loaded there are millions, and a full
-    collection, which the small objects every step creates trigger now and then, walks
-    all of them (0.2 s each here)."""
-    gc.freeze()
-    try:
-        yield
-    finally:
-        gc.unfreeze()
 
 
 def run_kernel(
@@ -69,7 +53,7 @@ def run_kernel(
     total = num_warmup + num_draws
     bar = tqdm(total=total, initial=first, desc=description, disable=not progress,
                leave=False, dynamic_ncols=True, mininterval=0.5)
-    with bar, torch.no_grad(), _collector_frozen():
+    with bar, torch.no_grad(), collector_frozen():
         for step_index in range(first, total):
             warmup = step_index < num_warmup
             state, info = kernel.step(rng, step_index, state, warmup)
