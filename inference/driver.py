@@ -34,7 +34,16 @@ def run_kernel(
     state. Returns ``(draws [C, num_draws, D], stats {name: [C, num_draws]}, final state)``.
     """
     chains, dim = position.shape
-    state = kernel.init(position, log_density, num_warmup)
+    total = num_warmup + num_draws
+    # the bar starts before the kernel's set-up, which can take seconds (compiling)
+    bar = tqdm(total=total, desc=f"{description}: preparing", disable=not progress,
+               leave=False, dynamic_ncols=True, mininterval=0.5)
+    try:
+        state = kernel.init(position, log_density, num_warmup)
+    except BaseException:
+        bar.close()
+        raise
+    bar.set_description(description, refresh=False)
     draws = position.new_empty((num_draws, chains, dim))
     stats: dict[str, torch.Tensor] = {}
     first = 0
@@ -50,9 +59,9 @@ def run_kernel(
                     stats[name] = value.new_empty((num_draws, chains))
                     stats[name][:done] = value.transpose(0, 1)
     flushed = first
-    total = num_warmup + num_draws
-    bar = tqdm(total=total, initial=first, desc=description, disable=not progress,
-               leave=False, dynamic_ncols=True, mininterval=0.5)
+    total = num_warmup + num_draws  # a restart may have changed the warm-up
+    bar.reset(total=total)
+    bar.update(first)
     with bar, torch.no_grad(), collector_frozen():
         for step_index in range(first, total):
             warmup = step_index < num_warmup
