@@ -361,6 +361,49 @@ def test_compiled_transition_takes_the_same_transitions(dense):
         assert len(depths) > 1  # trees of several depths were compared
 
 
+@pytest.mark.slow
+def test_a_chain_alone_takes_the_compiled_transition_it_takes_in_a_batch():
+    """The compiled transition for 1 chain and for 4 are two programs; from the same
+    state and key a chain lands on the same draw in both, to rounding. (Over a whole run
+    the last-bit differences of their vectorised arithmetic can flip a U-turn or
+    acceptance decision, so runs are compared step by step, not end to end.)"""
+    _require_inductor()
+    from bayesdl.device import run_context
+    from bayesdl.inference.compiled_nuts import CompiledTransition
+    from bayesdl.inference.integrator import diagonal_metric
+    from bayesdl.inference.nuts import nuts_transition
+    from bayesdl.model_source import load_model_spec
+
+    with run_context(torch.device("cpu"), torch.float64):
+        spec = load_model_spec("eight_schools", None, {}, torch.device("cpu"), torch.float64)
+        potential = BatchedPotential(spec.model, spec.data)
+        start = torch.randn(4, potential.dim, dtype=torch.float64,
+                           generator=torch.Generator().manual_seed(2)) * 0.5
+        assert potential.accelerate(torch.zeros_like(start), "compile")
+        metric = diagonal_metric(torch.linspace(0.5, 1.5, potential.dim,
+                                                dtype=torch.float64).expand(4, -1).clone())
+        alone_metric = diagonal_metric(metric.inverse_mass[2:3].clone())
+        one_potential = BatchedPotential(spec.model, spec.data)  # traced for one chain
+        assert one_potential.accelerate(torch.zeros_like(start[2:3]), "compile")
+        batch = CompiledTransition(potential.gradient_graph, max_tree_depth=10)
+        batch.compile(start, metric.inverse_mass)
+        alone = CompiledTransition(one_potential.gradient_graph, max_tree_depth=10)
+        alone.compile(start[2:3], alone_metric.inverse_mass)
+        rng = ChainRNG([5, 6, 7, 8])
+        step_size = torch.tensor([0.3, 0.2, 0.4, 0.25], dtype=torch.float64)
+        point = PhasePoint(start, *potential.log_density_and_grad(start))
+        for step in range(6):
+            many, many_info = nuts_transition(rng, step, point, step_size, metric,
+                                              potential.log_density_and_grad, compiled=batch)
+            one_point = PhasePoint(point.position[2:3], point.log_density[2:3], point.grad[2:3])
+            one, one_info = nuts_transition(rng.select(slice(2, 3)), step, one_point,
+                                            step_size[2:3], alone_metric,
+                                            one_potential.log_density_and_grad, compiled=alone)
+            torch.testing.assert_close(one.position[0], many.position[2], rtol=1e-9, atol=1e-9)
+            assert torch.equal(one_info.n_steps[0], many_info.n_steps[2])
+            point = many
+
+
 def test_a_failed_compilation_warns_and_runs_uncompiled(monkeypatch):
     """No C++ compiler (or any Inductor failure): one warning, and NUTS runs as traced."""
     import bayesdl.inference.compiled_nuts as compiled_nuts
