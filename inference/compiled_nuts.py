@@ -41,7 +41,11 @@ def _log_uniform(keys: torch.Tensor, step: torch.Tensor, stream: torch.Tensor,
 class _Layout:
     """Column ranges of the packed per-chain state ``[C, width]`` carried by the loop:
     one wide tensor instead of ~15 narrow ones, as every carried or intermediate tensor
-    is an allocation per leaf in the compiled loop. Width-1 fields unpack to ``[C]``."""
+    is an allocation per leaf in the compiled loop. Scalar fields unpack to ``[C]``,
+    the others to ``[C, size]`` (also when ``size`` is 1: a one-dimensional model)."""
+
+    SCALARS = ("tree_log_weight", "n_steps", "accept_sum", "depth", "log_density",
+               "sub_log_weight")
 
     def __init__(self, dim: int):
         edge, packed_proposal = 3 * dim + 1, 2 * dim + 2
@@ -56,7 +60,7 @@ class _Layout:
             width += size
 
     def unpack(self, state: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {name: state[:, start] if size == 1 else state[:, start:start + size]
+        return {name: state[:, start] if name in self.SCALARS else state[:, start:start + size]
                 for name, (start, size) in self.fields.items()}
 
     def pack(self, values: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -29,10 +29,15 @@ def normal_with_a_nan_region():
                                     torch.tensor(0.0, dtype=torch.float64)))
 
 
-@pytest.mark.parametrize("method", ["nuts", "hmc", "mh", "mala"])
+@pytest.mark.filterwarnings("error:compiling the NUTS transition failed")  # no fallback
+@pytest.mark.parametrize("method", ["nuts", "hmc", "mh", "mala",
+                                    pytest.param("nuts-compiled", marks=pytest.mark.slow)])
 def test_a_nan_region_is_rejected_and_the_run_finishes(method):
+    options = {}
+    if method == "nuts-compiled":  # the NaN handling inside NUTS's compiled loop
+        method, options = "nuts", {"potential": "compile"}
     idata = bayesdl.infer(normal_with_a_nan_region, method=method, chains=4, warmup=300,
-                          draws=300, seed=3, progress=False)
+                          draws=300, seed=3, progress=False, **options)
     x = idata.posterior["x"].values
     assert np.isfinite(x).all()
     assert (x <= EDGE).all()
