@@ -171,17 +171,19 @@ def _lift_constants(graph: Callable) -> tuple[Callable, tuple[torch.Tensor, ...]
     """``(function, constants)`` with ``function(flat, *constants) == graph(flat)``: the
     tensors an FX graph holds (data, fixed covariances) become inputs, as the loop body
     must receive every tensor it reads as an input of the loop; each is a copy, so no
-    two share storage."""
+    two share storage. (Side-effect-only error checks, which a loop body cannot hold
+    either, are already gone: see ``traced_potential._errors_to_nan``.)"""
     if not isinstance(graph, torch.fx.GraphModule):
         return graph, ()
     new_graph = torch.fx.Graph()
     mapping: dict[torch.fx.Node, torch.fx.Node] = {}
     constants: list[torch.Tensor] = []
-    getters = [node for node in graph.graph.nodes if node.op == "get_attr"]
     for node in graph.graph.nodes:
         if node.op == "placeholder":
             mapping[node] = new_graph.placeholder(node.name)
-    for node in getters:
+    for node in graph.graph.nodes:
+        if node.op != "get_attr":
+            continue
         value = graph
         for part in node.target.split("."):
             value = getattr(value, part)
@@ -191,8 +193,7 @@ def _lift_constants(graph: Callable) -> tuple[Callable, tuple[torch.Tensor, ...]
     for node in graph.graph.nodes:
         if node not in mapping:
             mapping[node] = new_graph.node_copy(node, lambda old: mapping[old])
-    lifted = torch.fx.GraphModule(graph, new_graph)
-    return lifted, tuple(constants)
+    return torch.fx.GraphModule(graph, new_graph), tuple(constants)
 
 
 class CompiledTransition:

@@ -23,6 +23,8 @@ So the graph is checked against the model at several random points and discarded
 
 from __future__ import annotations
 
+import logging
+import math
 import warnings
 from collections.abc import Callable
 
@@ -176,6 +178,46 @@ def _simplify(gm: fx.GraphModule) -> None:
     gm.graph.eliminate_dead_code()
 
 
+def _errors_to_nan(gm: fx.GraphModule) -> None:
+    """A failed error check (``_linalg_check_errors``: e.g. the Cholesky factorisation of a
+    latent-dependent covariance that is not positive definite at this point) raises in
+    the model; in the graph it makes that chain's outputs NaN instead, which samplers
+    read as log density -inf: the point is rejected, and the other chains run on. (A
+    side-effect-only check also cannot sit in a compiled loop body.)"""
+    failed, batched = None, False  # failed: [C] if batched, else a scalar
+    for node in list(gm.graph.nodes):
+        if node.op != "call_function" or node.target is not aten._linalg_check_errors.default:
+            continue
+        info = node.args[0]
+        shape = _val(info).shape
+        batched = batched or len(shape) > 0
+        with gm.graph.inserting_before(node):
+            bad = gm.graph.call_function(aten.ne.Scalar, (info, 0))
+            if len(shape) > 1:
+                bad = gm.graph.call_function(aten.view.default, (bad, [shape[0], -1]))
+                bad = gm.graph.call_function(aten.any.dim, (bad, 1))
+            if failed is not None:
+                bad = gm.graph.call_function(aten.logical_or.default, (failed, bad))
+        failed = bad
+        gm.graph.erase_node(node)
+    if failed is None:
+        return
+    output = next(node for node in gm.graph.nodes if node.op == "output")
+    results = output.args[0]
+    single = isinstance(results, fx.Node)
+    poisoned = []
+    for result in ([results] if single else results):
+        dims = _val(result).dim()
+        with gm.graph.inserting_before(output):
+            mask = failed
+            if dims > 1 and batched:
+                mask = gm.graph.call_function(aten.view.default,
+                                              (failed, [-1] + [1] * (dims - 1)))
+            poisoned.append(gm.graph.call_function(aten.where.ScalarSelf,
+                                                   (mask, math.nan, result)))
+    output.args = (poisoned[0] if single else tuple(poisoned),)
+
+
 def _invert_constant_solves(gm: fx.GraphModule) -> None:
     """``solve_triangular(A, B)`` with a constant ``A`` (a fixed covariance's Cholesky
     factor) becomes ``A^{-1} @ B`` with the inverse computed once: a batched solve of a
@@ -242,6 +284,7 @@ def trace_graph(grad_fn: Callable, example: torch.Tensor) -> fx.GraphModule:
     common subexpressions shared)."""
     gm = make_fx(functionalize(lambda flat: grad_fn(flat), remove="mutations"))(example)
     _fold_constants(gm)
+    _errors_to_nan(gm)
     _invert_constant_solves(gm)
     _simplify(gm)
     _eliminate_common_subexpressions(gm)
@@ -303,15 +346,23 @@ def compile_graph(function: Callable, example_inputs: list[torch.Tensor],
     settings = dict(compile_threads=1, size_asserts=False, cpp_wrapper=cpp_wrapper,
                     unsafe_marked_cacheable_functions=cacheable,
                     cpp_cache_precompile_headers=False)
-    try:  # trust the vector instructions the CPU reports: Inductor otherwise checks each
-        # by building and loading a library in ten subprocesses, a second per process
-        with inductor_config.patch(**settings, **{"cpp.vec_isa_ok": True}):
-            compiled = compile_fx(gm, fake_inputs)
-            compiled(*example_inputs)  # compile now, not at the first real call
-    except Exception:  # noqa: BLE001 - e.g. a compiler without those instructions: check them
-        with inductor_config.patch(**settings):
-            compiled = compile_fx(gm, fake_inputs)
-            compiled(*example_inputs)
+    # (Inductor logs a warning for every operation it calls back into ATen for, e.g. a
+    # triangular solve: expected here, and noise to a user)
+    lowering_log = logging.getLogger("torch._inductor.ir")
+    level = lowering_log.level
+    lowering_log.setLevel(logging.ERROR)
+    try:
+        try:  # trust the vector instructions the CPU reports: Inductor otherwise checks
+            # each by building and loading a library in ten subprocesses, a second a run
+            with inductor_config.patch(**settings, **{"cpp.vec_isa_ok": True}):
+                compiled = compile_fx(gm, fake_inputs)
+                compiled(*example_inputs)  # compile now, not at the first real call
+        except Exception:  # noqa: BLE001 - e.g. a compiler without those instructions
+            with inductor_config.patch(**settings):
+                compiled = compile_fx(gm, fake_inputs)
+                compiled(*example_inputs)
+    finally:
+        lowering_log.setLevel(level)
     return compiled
 
 

@@ -290,6 +290,40 @@ def test_constant_factorisations_leave_the_traced_graph():
     torch.testing.assert_close(grad, -points @ torch.linalg.inv(cov), rtol=1e-8, atol=1e-8)
 
 
+def correlation_gaussian(y):
+    """y ~ N(0, [[1, r], [r, 1]]) with r = x / 3, x ~ N(0, 1): the covariance is positive
+    definite only for |x| < 3, so Cholesky fails (and the model raises) beyond."""
+    x = pyro.sample("x", dist.Normal(torch.tensor(0.0, dtype=torch.float64), 1.0))
+    r, one = x / 3, torch.ones_like(x)
+    cov = torch.stack([torch.stack([one, r]), torch.stack([r, one])])
+    pyro.sample("y", dist.MultivariateNormal(torch.zeros(2, dtype=torch.float64),
+                                             covariance_matrix=cov), obs=y)
+
+
+def test_a_failed_factorisation_is_a_nan_log_density_not_an_error():
+    """Where the model raises (a latent-dependent covariance that is not positive
+    definite), the traced potential gives that chain a NaN value, read as -inf, and the
+    other chains their exact values; NUTS then samples x inside (-3, 3)."""
+    y = torch.tensor([0.5, 0.3], dtype=torch.float64)
+    potential = BatchedPotential(correlation_gaussian, {"y": y})
+    points = torch.tensor([[0.6], [4.5], [-1.8]], dtype=torch.float64)
+    assert potential.accelerate(torch.zeros_like(points), "compile")  # keeps the graph
+    targets = {str(node.target) for node in potential.gradient_graph.graph.nodes}
+    assert "aten._linalg_check_errors.default" not in targets
+    value, grad = potential.log_density_and_grad(points)
+    assert value[1] == -math.inf
+    for chain in (0, 2):
+        x = points[chain, 0]
+        cov = torch.tensor([[1.0, float(x) / 3], [float(x) / 3, 1.0]], dtype=torch.float64)
+        exact = (dist.Normal(0.0, 1.0).log_prob(x)
+                 + dist.MultivariateNormal(torch.zeros(2, dtype=torch.float64), cov).log_prob(y))
+        torch.testing.assert_close(value[chain], exact, rtol=1e-10, atol=1e-10)
+    idata = bayesdl.infer(correlation_gaussian, {"y": y}, method="nuts", chains=4, warmup=200,
+                          draws=200, seed=1, progress=False)
+    x = idata.posterior["x"].values
+    assert np.isfinite(x).all() and (np.abs(x) < 3).all()
+
+
 @functools.cache
 def _inductor_error() -> str | None:
     """Why Inductor cannot compile on this machine (no C++ compiler or Python headers),
@@ -402,6 +436,40 @@ def test_a_chain_alone_takes_the_compiled_transition_it_takes_in_a_batch():
             torch.testing.assert_close(one.position[0], many.position[2], rtol=1e-9, atol=1e-9)
             assert torch.equal(one_info.n_steps[0], many_info.n_steps[2])
             point = many
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model", ["kidiq", "gp_pois_regr", "low_dim_gauss_mix", "arK"])
+def test_compiled_transition_on_posteriordb_models(model):
+    """The compiled loop holds other models' potentials too (data as inputs, a Cholesky
+    of latent-dependent matrices whose error check becomes NaN) and takes the Python
+    driver's trees and draws."""
+    _require_inductor()
+    from bayesdl.device import run_context
+    from bayesdl.inference.compiled_nuts import CompiledTransition
+    from bayesdl.inference.integrator import diagonal_metric
+    from bayesdl.inference.nuts import nuts_transition
+    from bayesdl.model_source import load_model_spec
+
+    with run_context(torch.device("cpu"), torch.float64):
+        spec = load_model_spec(model, None, {}, torch.device("cpu"), torch.float64)
+        potential = BatchedPotential(spec.model, spec.data)
+        start = torch.randn(3, potential.dim, dtype=torch.float64,
+                           generator=torch.Generator().manual_seed(0)) * 0.3
+        assert potential.accelerate(torch.zeros_like(start), "compile")
+        metric = diagonal_metric(torch.ones(3, potential.dim, dtype=torch.float64))
+        compiled = CompiledTransition(potential.gradient_graph, max_tree_depth=10)
+        compiled.compile(start, metric.inverse_mass)
+        rng, step_size = ChainRNG([1, 2, 3]), torch.full((3,), 0.05, dtype=torch.float64)
+        point = PhasePoint(start, *potential.log_density_and_grad(start))
+        for step in range(3):
+            plain, plain_info = nuts_transition(rng, step, point, step_size, metric,
+                                                potential.log_density_and_grad)
+            fast, fast_info = nuts_transition(rng, step, point, step_size, metric,
+                                              potential.log_density_and_grad, compiled=compiled)
+            torch.testing.assert_close(fast.position, plain.position, rtol=1e-9, atol=1e-9)
+            assert torch.equal(fast_info.n_steps, plain_info.n_steps)
+            point = plain
 
 
 def test_a_failed_compilation_warns_and_runs_uncompiled(monkeypatch):
