@@ -342,6 +342,59 @@ def _require_inductor() -> None:
         pytest.skip(f"Inductor cannot compile on this machine ({_inductor_error()})")
 
 
+def _traced_for(model: str, chains: int, seed: int, scale: float):
+    """``(spec, potential, start)``: a built-in model's potential traced for
+    ``[chains, D]`` positions (its graph kept for compiling) and a random start. Call
+    inside ``run_context``."""
+    from bayesdl.model_source import load_model_spec
+
+    spec = load_model_spec(model, None, {}, torch.device("cpu"), torch.float64)
+    potential = BatchedPotential(spec.model, spec.data)
+    start = torch.randn(chains, potential.dim, dtype=torch.float64,
+                        generator=torch.Generator().manual_seed(seed)) * scale
+    assert potential.accelerate(torch.zeros_like(start), "compile")
+    return spec, potential, start
+
+
+def _compiled(potential: BatchedPotential, start: torch.Tensor, inverse_mass: torch.Tensor):
+    from bayesdl.inference.compiled_nuts import CompiledTransition
+
+    compiled = CompiledTransition(potential.gradient_graph, max_tree_depth=10)
+    compiled.compile(start, inverse_mass)
+    return compiled
+
+
+def _same_transitions(potential: BatchedPotential, start: torch.Tensor,
+                      step_size: torch.Tensor, metric, compiled, steps: int,
+                      must_move: bool = True) -> set[int]:
+    """Run ``steps`` NUTS transitions with the Python driver and with ``compiled`` from
+    the same states and keys; check they agree (trees, draws, statistics, to 1e-9) and,
+    with ``must_move``, that every step moves. Returns the tree depths seen."""
+    from bayesdl.inference.nuts import nuts_transition
+
+    rng = ChainRNG(list(range(1, start.shape[0] + 1)))
+    point = PhasePoint(start, *potential.log_density_and_grad(start))
+    depths: set[int] = set()
+    for step in range(steps):
+        plain, plain_info = nuts_transition(rng, step, point, step_size, metric,
+                                            potential.log_density_and_grad)
+        fast, fast_info = nuts_transition(rng, step, point, step_size, metric,
+                                          potential.log_density_and_grad, compiled=compiled)
+        for mine, theirs in [(fast.position, plain.position), (fast.grad, plain.grad),
+                             (fast.log_density, plain.log_density),
+                             (fast_info.acceptance_rate, plain_info.acceptance_rate),
+                             (fast_info.energy, plain_info.energy)]:
+            torch.testing.assert_close(mine, theirs, rtol=1e-9, atol=1e-9)
+        for mine, theirs in [(fast_info.n_steps, plain_info.n_steps),
+                             (fast_info.tree_depth, plain_info.tree_depth),
+                             (fast_info.diverging, plain_info.diverging)]:
+            assert torch.equal(mine, theirs)
+        depths.update(plain_info.tree_depth.tolist())
+        assert not (must_move and torch.equal(plain.position, point.position))
+        point = plain
+    return depths
+
+
 @pytest.mark.parametrize("dense", [False, pytest.param(True, marks=pytest.mark.slow)])
 def test_compiled_transition_takes_the_same_transitions(dense):
     """NUTS with the whole tree compiled as one loop (potential=compile) builds the same
@@ -350,17 +403,10 @@ def test_compiled_transition_takes_the_same_transitions(dense):
     are keyed like the driver's)."""
     _require_inductor()
     from bayesdl.device import run_context
-    from bayesdl.inference.compiled_nuts import CompiledTransition
     from bayesdl.inference.integrator import diagonal_metric
-    from bayesdl.inference.nuts import nuts_transition
-    from bayesdl.model_source import load_model_spec
 
     with run_context(torch.device("cpu"), torch.float64):
-        spec = load_model_spec("eight_schools", None, {}, torch.device("cpu"), torch.float64)
-        potential = BatchedPotential(spec.model, spec.data)
-        start = torch.randn(4, potential.dim, dtype=torch.float64,
-                           generator=torch.Generator().manual_seed(0)) * 0.5
-        assert potential.accelerate(torch.zeros_like(start), "compile")
+        _, potential, start = _traced_for("eight_schools", chains=4, seed=0, scale=0.5)
         scales = torch.linspace(0.5, 1.5, potential.dim, dtype=torch.float64)
         if dense:
             factor = torch.randn(potential.dim, potential.dim, dtype=torch.float64,
@@ -369,29 +415,9 @@ def test_compiled_transition_takes_the_same_transitions(dense):
             metric = dense_metric(covariance.expand(4, -1, -1).clone())
         else:
             metric = diagonal_metric(scales.expand(4, -1).clone())
-        compiled = CompiledTransition(potential.gradient_graph, max_tree_depth=10)
-        compiled.compile(start, metric.inverse_mass)
-        point = PhasePoint(start, *potential.log_density_and_grad(start))
-        rng = ChainRNG([1, 2, 3, 4])
+        compiled = _compiled(potential, start, metric.inverse_mass)
         step_size = torch.tensor([0.3, 0.2, 0.4, 0.25], dtype=torch.float64)
-        depths = set()
-        for step in range(6):
-            plain, plain_info = nuts_transition(rng, step, point, step_size, metric,
-                                                potential.log_density_and_grad)
-            fast, fast_info = nuts_transition(rng, step, point, step_size, metric,
-                                              potential.log_density_and_grad, compiled=compiled)
-            torch.testing.assert_close(fast.position, plain.position, rtol=1e-9, atol=1e-9)
-            torch.testing.assert_close(fast.grad, plain.grad, rtol=1e-9, atol=1e-9)
-            torch.testing.assert_close(fast.log_density, plain.log_density, rtol=1e-9, atol=1e-9)
-            assert torch.equal(fast_info.n_steps, plain_info.n_steps)
-            assert torch.equal(fast_info.tree_depth, plain_info.tree_depth)
-            assert torch.equal(fast_info.diverging, plain_info.diverging)
-            torch.testing.assert_close(fast_info.acceptance_rate, plain_info.acceptance_rate,
-                                       rtol=1e-9, atol=1e-9)
-            torch.testing.assert_close(fast_info.energy, plain_info.energy, rtol=1e-9, atol=1e-9)
-            depths.update(plain_info.tree_depth.tolist())
-            assert not torch.equal(plain.position, point.position)
-            point = plain
+        depths = _same_transitions(potential, start, step_size, metric, compiled, steps=6)
         assert len(depths) > 1  # trees of several depths were compared
 
 
@@ -403,26 +429,18 @@ def test_a_chain_alone_takes_the_compiled_transition_it_takes_in_a_batch():
     acceptance decision, so runs are compared step by step, not end to end.)"""
     _require_inductor()
     from bayesdl.device import run_context
-    from bayesdl.inference.compiled_nuts import CompiledTransition
     from bayesdl.inference.integrator import diagonal_metric
     from bayesdl.inference.nuts import nuts_transition
-    from bayesdl.model_source import load_model_spec
 
     with run_context(torch.device("cpu"), torch.float64):
-        spec = load_model_spec("eight_schools", None, {}, torch.device("cpu"), torch.float64)
-        potential = BatchedPotential(spec.model, spec.data)
-        start = torch.randn(4, potential.dim, dtype=torch.float64,
-                           generator=torch.Generator().manual_seed(2)) * 0.5
-        assert potential.accelerate(torch.zeros_like(start), "compile")
+        spec, potential, start = _traced_for("eight_schools", chains=4, seed=2, scale=0.5)
         metric = diagonal_metric(torch.linspace(0.5, 1.5, potential.dim,
                                                 dtype=torch.float64).expand(4, -1).clone())
         alone_metric = diagonal_metric(metric.inverse_mass[2:3].clone())
         one_potential = BatchedPotential(spec.model, spec.data)  # traced for one chain
         assert one_potential.accelerate(torch.zeros_like(start[2:3]), "compile")
-        batch = CompiledTransition(potential.gradient_graph, max_tree_depth=10)
-        batch.compile(start, metric.inverse_mass)
-        alone = CompiledTransition(one_potential.gradient_graph, max_tree_depth=10)
-        alone.compile(start[2:3], alone_metric.inverse_mass)
+        batch = _compiled(potential, start, metric.inverse_mass)
+        alone = _compiled(one_potential, start[2:3], alone_metric.inverse_mass)
         rng = ChainRNG([5, 6, 7, 8])
         step_size = torch.tensor([0.3, 0.2, 0.4, 0.25], dtype=torch.float64)
         point = PhasePoint(start, *potential.log_density_and_grad(start))
@@ -446,30 +464,16 @@ def test_compiled_transition_on_posteriordb_models(model):
     driver's trees and draws."""
     _require_inductor()
     from bayesdl.device import run_context
-    from bayesdl.inference.compiled_nuts import CompiledTransition
     from bayesdl.inference.integrator import diagonal_metric
-    from bayesdl.inference.nuts import nuts_transition
-    from bayesdl.model_source import load_model_spec
 
     with run_context(torch.device("cpu"), torch.float64):
-        spec = load_model_spec(model, None, {}, torch.device("cpu"), torch.float64)
-        potential = BatchedPotential(spec.model, spec.data)
-        start = torch.randn(3, potential.dim, dtype=torch.float64,
-                           generator=torch.Generator().manual_seed(0)) * 0.3
-        assert potential.accelerate(torch.zeros_like(start), "compile")
+        _, potential, start = _traced_for(model, chains=3, seed=0, scale=0.3)
         metric = diagonal_metric(torch.ones(3, potential.dim, dtype=torch.float64))
-        compiled = CompiledTransition(potential.gradient_graph, max_tree_depth=10)
-        compiled.compile(start, metric.inverse_mass)
-        rng, step_size = ChainRNG([1, 2, 3]), torch.full((3,), 0.05, dtype=torch.float64)
-        point = PhasePoint(start, *potential.log_density_and_grad(start))
-        for step in range(3):
-            plain, plain_info = nuts_transition(rng, step, point, step_size, metric,
-                                                potential.log_density_and_grad)
-            fast, fast_info = nuts_transition(rng, step, point, step_size, metric,
-                                              potential.log_density_and_grad, compiled=compiled)
-            torch.testing.assert_close(fast.position, plain.position, rtol=1e-9, atol=1e-9)
-            assert torch.equal(fast_info.n_steps, plain_info.n_steps)
-            point = plain
+        compiled = _compiled(potential, start, metric.inverse_mass)
+        step_size = torch.full((3,), 0.05, dtype=torch.float64)
+        # (from a random start the first steps may all be rejected: no must_move)
+        _same_transitions(potential, start, step_size, metric, compiled, steps=3,
+                          must_move=False)
 
 
 def test_a_failed_compilation_warns_and_runs_uncompiled(monkeypatch):
