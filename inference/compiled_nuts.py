@@ -26,10 +26,8 @@ from collections.abc import Callable
 import torch
 
 from bayesdl.inference.counter_rng import uniform_at
-from bayesdl.inference.nuts_leaf import masked_leaf, merge_subtree
+from bayesdl.inference.nuts_leaf import DEPTH_STREAM, masked_leaf, merge_subtree
 from bayesdl.inference.traced_potential import compile_graph
-
-DEPTH_STREAM = 100  # the uncompiled driver's stream of doubling d is DEPTH_STREAM + d
 
 
 def _log_uniform(keys: torch.Tensor, step: torch.Tensor, stream: torch.Tensor,

@@ -37,10 +37,15 @@ from bayesdl.inference.integrator import (
     sample_momentum,
     velocity,
 )
-from bayesdl.inference.nuts_leaf import _trailing_zeros, merge_subtree, weigh_leaf
+from bayesdl.inference.nuts_leaf import (
+    DEPTH_STREAM,
+    _trailing_zeros,
+    merge_subtree,
+    weigh_leaf,
+)
+from bayesdl.inference.nuts_leaf import velocity as leaf_velocity
 
 MOMENTUM_STREAM = 11
-DEPTH_STREAM = 100  # + depth
 
 
 class NUTSState(NamedTuple):
@@ -72,10 +77,7 @@ def _leaf_update(position: torch.Tensor, r: torch.Tensor, grad: torch.Tensor,
     (``ends`` levels) here. Scripted: about 40 small operations run without Python
     between them (no library offers this loop body; see the module docstring)."""
     r = torch.addcmul(r, half_step, grad)
-    if inverse_mass.dim() == 3:
-        v = torch.matmul(inverse_mass, r.unsqueeze(-1)).squeeze(-1)
-    else:
-        v = inverse_mass * r
+    v = leaf_velocity(inverse_mass, r)
     accept_sum, n_steps, diverged, diverging, sub_log_weight, sub_proposal = weigh_leaf(
         position, r, v, grad, log_density, energy0, accept_sum, n_steps, building, diverging,
         sub_log_weight, sub_proposal, log_u, max_energy_error)

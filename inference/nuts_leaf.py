@@ -17,6 +17,8 @@ from collections.abc import Callable
 
 import torch
 
+DEPTH_STREAM = 100  # the random numbers of doubling d are ChainRNG stream DEPTH_STREAM + d
+
 
 def _trailing_zeros(n: int) -> int:
     return (n & -n).bit_length() - 1
