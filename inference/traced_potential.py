@@ -310,6 +310,23 @@ def trace_gradient(grad_fn: Callable, example: torch.Tensor) -> tuple[Callable, 
     return script_graph(gm, example), operations
 
 
+_PARALLEL_ELEMENTS = 2**16
+"""Tensors below this size are not worth splitting across threads in compiled code."""
+
+
+def _largest_tensor(gm: fx.GraphModule) -> int:
+    """The most elements of any tensor a traced graph (loop bodies included) makes or
+    takes, from the shapes ``make_fx`` recorded."""
+    largest = 0
+    for module in gm.modules():
+        if isinstance(module, fx.GraphModule):
+            for node in module.graph.nodes:
+                value = node.meta.get("val")
+                if isinstance(value, torch.Tensor):
+                    largest = max(largest, value.numel())
+    return largest
+
+
 @contextlib.contextmanager
 def _dtype_rules_built_once() -> Iterator[None]:
     """Build Inductor's table of dtype rules once per compilation, not once per operation.
@@ -358,6 +375,7 @@ def compile_graph(function: Callable, example_inputs: list[torch.Tensor],
     from torch.fx.experimental.symbolic_shapes import ShapeEnv
 
     gm = make_fx(function)(*example_inputs)
+    largest = _largest_tensor(gm)
     for node in gm.graph.nodes:  # metadata from make_fx's tracing confuses a second trace
         node.meta.clear()
     gm.recompile()
@@ -384,6 +402,11 @@ def compile_graph(function: Callable, example_inputs: list[torch.Tensor],
                     unsafe_marked_cacheable_functions=cacheable,
                     cpp_wrapper_build_separate=True,
                     **{"cpp.enable_loop_tail_vec": False})
+    if largest < _PARALLEL_ELEMENTS:
+        # every kernel small: Inductor would still split those over 512 elements across
+        # threads, and wait at a barrier after each small kernel beside them; with two
+        # threads that cost 12-15% of a NUTS run (logistic regression, 100-d Gaussian)
+        settings["cpp.threads"] = 1
     # (Inductor logs a warning for every operation it calls back into ATen for, e.g. a
     # triangular solve: expected here, and noise to a user)
     lowering_log = logging.getLogger("torch._inductor.ir")
