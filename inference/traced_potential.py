@@ -389,24 +389,24 @@ def compile_graph(function: Callable, example_inputs: list[torch.Tensor],
     # (Inductor declines to cache graphs with loops unless told: its cache key hashes the
     # loop's body and condition graphs like the rest, so marking them is safe)
     cacheable = {"torch.ops.higher_order.while_loop": torch.__version__}
-    # (no vectorised loop tails: a few chains by tens of coordinates make every loop
-    # mostly tail, and the extra variant of each kernel cost more to generate and
-    # compile than it saved: 31 -> 25 us per NUTS leaf on eight schools, 55 -> 41 on the
-    # 100-d Gaussian, a second less compilation)
-    # (the C++ wrapper, which runs the loops, built apart from the kernels: -O1 for it,
-    # -O3 for them, 7 -> 5 s of g++ for a NUTS transition)
     # (Inductor's precompiled headers stay on: building them, once per machine and torch
     # version, adds ~8 s to the first compilation; every later model then skips parsing
     # torch's headers, ~2 s per file, and a cached graph pays ~0.3 s to check them)
     settings = dict(compile_threads=1, size_asserts=False, cpp_wrapper=cpp_wrapper,
-                    unsafe_marked_cacheable_functions=cacheable,
-                    cpp_wrapper_build_separate=True,
-                    **{"cpp.enable_loop_tail_vec": False})
-    if largest < _PARALLEL_ELEMENTS:
-        # every kernel small: Inductor would still split those over 512 elements across
-        # threads, and wait at a barrier after each small kernel beside them; with two
-        # threads that cost 12-15% of a NUTS run (logistic regression, 100-d Gaussian)
-        settings["cpp.threads"] = 1
+                    unsafe_marked_cacheable_functions=cacheable)
+    if all(tensor.device.type == "cpu" for tensor in example_inputs):
+        # (no vectorised loop tails: a few chains by tens of coordinates make every loop
+        # mostly tail, and the extra variant of each kernel cost more to generate and
+        # compile than it saved: 31 -> 25 us per NUTS leaf on eight schools, 55 -> 41 on
+        # the 100-d Gaussian, a second less compilation)
+        # (the C++ wrapper, which runs the loops, built apart from the kernels: -O1 for
+        # it, -O3 for them, 7 -> 5 s of g++ for a NUTS transition)
+        settings.update(cpp_wrapper_build_separate=True, **{"cpp.enable_loop_tail_vec": False})
+        if largest < _PARALLEL_ELEMENTS:
+            # every kernel small: Inductor would still split those over 512 elements
+            # across threads and wait at a barrier after each small kernel beside them;
+            # with two threads that cost 12-15% of a NUTS run (logistic regression, 100-d)
+            settings["cpp.threads"] = 1
     # (Inductor logs a warning for every operation it calls back into ATen for, e.g. a
     # triangular solve: expected here, and noise to a user)
     lowering_log = logging.getLogger("torch._inductor.ir")
