@@ -324,6 +324,38 @@ def test_a_failed_factorisation_is_a_nan_log_density_not_an_error():
     assert np.isfinite(x).all() and (np.abs(x) < 3).all()
 
 
+
+def test_compiled_code_is_single_threaded_only_when_every_tensor_is_small(monkeypatch):
+    """Inductor splits kernels over 512 elements across threads, and the small kernels
+    beside them then wait at barriers: compile_graph asks for one thread when no tensor
+    of the graph, loop bodies included, reaches 2**16 elements."""
+    import torch._inductor.compile_fx as inductor_compile
+    from torch._higher_order_ops.while_loop import while_loop_op
+    from torch._inductor import config as inductor_config
+
+    from bayesdl.inference.traced_potential import compile_graph
+
+    def looped(width: int):
+        def function(x):
+            def body(i, y):  # a [4, 300, width] tensor inside the loop only
+                return i + 1, (y.unsqueeze(-1) * torch.ones(width, dtype=y.dtype)).sum(-1)
+            return while_loop_op(lambda i, y: i < 3, body,
+                                 (torch.zeros((), dtype=torch.int64), x), ())
+        return function
+
+    threads = []
+
+    def record(gm, inputs):
+        threads.append(inductor_config.cpp.threads)
+        return lambda *args: None
+
+    monkeypatch.setattr(inductor_compile, "compile_fx", record)
+    default = inductor_config.cpp.threads
+    for width in (50, 60):  # 60,000 and 72,000 elements
+        compile_graph(looped(width), [torch.randn(4, 300, dtype=torch.float64)])
+    assert threads == [1, default]
+
+
 @functools.cache
 def _inductor_error() -> str | None:
     """Why Inductor cannot compile on this machine (no C++ compiler or Python headers),
