@@ -312,6 +312,8 @@ def trace_gradient(grad_fn: Callable, example: torch.Tensor) -> tuple[Callable, 
 
 _PARALLEL_ELEMENTS = 2**16
 """Tensors below this size are not worth splitting across threads in compiled code."""
+_VECTOR_ELEMENTS = 2**10
+"""Graphs whose tensors are all below this size are compiled without vector code."""
 
 
 def _largest_tensor(gm: fx.GraphModule) -> int:
@@ -407,6 +409,10 @@ def compile_graph(function: Callable, example_inputs: list[torch.Tensor],
             # across threads and wait at a barrier after each small kernel beside them;
             # with two threads that cost 12-15% of a NUTS run (logistic regression, 100-d)
             settings["cpp.threads"] = 1
+        if largest < _VECTOR_ELEMENTS:
+            # no vector code at all: no loop is long enough to gain from it, and
+            # generating and building it is a sixth of the compilation
+            settings["cpp.simdlen"] = 1  # no instruction set is 1 bit wide: scalar code
     # (Inductor logs a warning for every operation it calls back into ATen for, e.g. a
     # triangular solve: expected here, and noise to a user)
     lowering_log = logging.getLogger("torch._inductor.ir")

@@ -325,10 +325,11 @@ def test_a_failed_factorisation_is_a_nan_log_density_not_an_error():
 
 
 
-def test_compiled_code_is_single_threaded_only_when_every_tensor_is_small(monkeypatch):
+def test_compiled_code_is_scalar_and_single_threaded_only_for_small_tensors(monkeypatch):
     """Inductor splits kernels over 512 elements across threads, and the small kernels
-    beside them then wait at barriers: compile_graph asks for one thread when no tensor
-    of the graph, loop bodies included, reaches 2**16 elements."""
+    beside them then wait at barriers; its vector code only pays on long loops. So
+    compile_graph asks for one thread when no tensor of the graph, loop bodies included,
+    reaches 2**16 elements, and for scalar code when none reaches 2**10."""
     import torch._inductor.compile_fx as inductor_compile
     from torch._higher_order_ops.while_loop import while_loop_op
     from torch._inductor import config as inductor_config
@@ -337,24 +338,23 @@ def test_compiled_code_is_single_threaded_only_when_every_tensor_is_small(monkey
 
     def looped(width: int):
         def function(x):
-            def body(i, y):  # a [4, 300, width] tensor inside the loop only
+            def body(i, y):  # a [4, rows, width] tensor inside the loop only
                 return i + 1, (y.unsqueeze(-1) * torch.ones(width, dtype=y.dtype)).sum(-1)
             return while_loop_op(lambda i, y: i < 3, body,
                                  (torch.zeros((), dtype=torch.int64), x), ())
         return function
 
-    threads = []
+    chosen = []
 
     def record(gm, inputs):
-        threads.append(inductor_config.cpp.threads)
+        chosen.append((inductor_config.cpp.threads, inductor_config.cpp.simdlen))
         return lambda *args: None
 
     monkeypatch.setattr(inductor_compile, "compile_fx", record)
-    default = inductor_config.cpp.threads
-    for width in (50, 60):  # 60,000 and 72,000 elements
-        compile_graph(looped(width), [torch.randn(4, 300, dtype=torch.float64)])
-    assert threads == [1, default]
-
+    threads, simdlen = inductor_config.cpp.threads, inductor_config.cpp.simdlen
+    for rows, width in [(2, 100), (300, 50), (300, 60)]:  # 800, 60,000, 72,000 elements
+        compile_graph(looped(width), [torch.randn(4, rows, dtype=torch.float64)])
+    assert chosen == [(1, 1), (1, simdlen), (threads, simdlen)]
 
 @functools.cache
 def _inductor_error() -> str | None:
