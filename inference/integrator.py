@@ -58,11 +58,17 @@ def unit_metric(position: torch.Tensor, dense: bool = False) -> Metric:
     return Metric(eye.clone(), eye.clone())
 
 
+def apply_inverse_mass(inverse_mass: torch.Tensor, momentum: torch.Tensor) -> torch.Tensor:
+    """``M^{-1} r`` per chain for a diagonal ``[C, D]`` or dense ``[C, D, D]`` inverse
+    mass, on plain tensors (also inside scripted and compiled NUTS code)."""
+    if inverse_mass.dim() == 3:
+        return torch.matmul(inverse_mass, momentum.unsqueeze(-1)).squeeze(-1)
+    return inverse_mass * momentum
+
+
 def velocity(momentum: torch.Tensor, metric: Metric) -> torch.Tensor:
     """``M^{-1} r`` per chain."""
-    if metric.dense:
-        return (metric.inverse_mass @ momentum.unsqueeze(-1)).squeeze(-1)
-    return metric.inverse_mass * momentum
+    return apply_inverse_mass(metric.inverse_mass, momentum)
 
 
 def kinetic_energy(momentum: torch.Tensor, metric: Metric) -> torch.Tensor:

@@ -33,6 +33,7 @@ from bayesdl.inference.integrator import (
     Metric,
     PhasePoint,
     PotentialFn,
+    apply_inverse_mass,
     hamiltonian,
     sample_momentum,
     velocity,
@@ -43,7 +44,6 @@ from bayesdl.inference.nuts_leaf import (
     merge_subtree,
     weigh_leaf,
 )
-from bayesdl.inference.nuts_leaf import velocity as leaf_velocity
 
 MOMENTUM_STREAM = 11
 
@@ -77,7 +77,7 @@ def _leaf_update(position: torch.Tensor, r: torch.Tensor, grad: torch.Tensor,
     (``ends`` levels) here. Scripted: about 40 small operations run without Python
     between them (no library offers this loop body; see the module docstring)."""
     r = torch.addcmul(r, half_step, grad)
-    v = leaf_velocity(inverse_mass, r)
+    v = apply_inverse_mass(inverse_mass, r)
     accept_sum, n_steps, diverged, diverging, sub_log_weight, sub_proposal = weigh_leaf(
         position, r, v, grad, log_density, energy0, accept_sum, n_steps, building, diverging,
         sub_log_weight, sub_proposal, log_u, max_energy_error)

@@ -17,6 +17,8 @@ from collections.abc import Callable
 
 import torch
 
+from bayesdl.inference.integrator import apply_inverse_mass
+
 DEPTH_STREAM = 100  # the random numbers of doubling d are ChainRNG stream DEPTH_STREAM + d
 
 
@@ -46,12 +48,6 @@ def weigh_leaf(position: torch.Tensor, r: torch.Tensor, v: torch.Tensor, grad: t
     return accept_sum, n_steps, diverged, diverging, sub_log_weight, sub_proposal
 
 
-def velocity(inverse_mass: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
-    if inverse_mass.dim() == 3:
-        return torch.matmul(inverse_mass, r.unsqueeze(-1)).squeeze(-1)
-    return inverse_mass * r
-
-
 def masked_leaf(gradient_graph: Callable, max_energy_error: float, position: torch.Tensor,
                  r: torch.Tensor, grad: torch.Tensor, signed_step: torch.Tensor,
                  inverse_mass: torch.Tensor, energy0: torch.Tensor, accept_sum: torch.Tensor,
@@ -63,11 +59,11 @@ def masked_leaf(gradient_graph: Callable, max_energy_error: float, position: tor
     """The whole leaf with level masks ``start_mask [L, 1, 1]`` and ``end_mask [L, 1]``."""
     half_step = 0.5 * signed_step
     r = torch.addcmul(r, half_step, grad)
-    position = torch.addcmul(position, signed_step, velocity(inverse_mass, r))
+    position = torch.addcmul(position, signed_step, apply_inverse_mass(inverse_mass, r))
     grad, log_density = gradient_graph(position)
     log_density = torch.where(torch.isnan(log_density), -math.inf, log_density)
     r = torch.addcmul(r, half_step, grad)
-    v = velocity(inverse_mass, r)
+    v = apply_inverse_mass(inverse_mass, r)
     accept_sum, n_steps, diverged, diverging, sub_log_weight, sub_proposal = weigh_leaf(
         position, r, v, grad, log_density, energy0, accept_sum, n_steps, building, diverging,
         sub_log_weight, sub_proposal, log_u, max_energy_error)
@@ -98,7 +94,7 @@ def merge_subtree(merge: torch.Tensor, going_right: torch.Tensor, log_u: torch.T
     right = torch.where((merge & going_right)[:, None], frontier, right)
     left = torch.where((merge & ~going_right)[:, None], frontier, left)
     momentum_sum = torch.where(merge[:, None], momentum_sum + sub_momentum_sum, momentum_sum)
-    left_v = velocity(inverse_mass, left[:, dim:2 * dim])
-    right_v = velocity(inverse_mass, right[:, dim:2 * dim])
+    left_v = apply_inverse_mass(inverse_mass, left[:, dim:2 * dim])
+    right_v = apply_inverse_mass(inverse_mass, right[:, dim:2 * dim])
     turned = ((left_v * momentum_sum).sum(-1) <= 0) | ((right_v * momentum_sum).sum(-1) <= 0)
     return proposal, tree_log_weight, left, right, momentum_sum, merge & ~turned
