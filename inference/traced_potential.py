@@ -358,6 +358,47 @@ def _dtype_rules_built_once() -> Iterator[None]:
         DtypePropagationOpsHandler.__init__ = build
 
 
+@contextlib.contextmanager
+def _no_instruction_extension_probes() -> Iterator[None]:
+    """Skip Inductor's probes for the bf16, VNNI and AMX instruction extensions.
+
+    Inductor checks each extension the CPU reports by building a small library with
+    g++ and loading it in a child Python: six builds (2 s) in a new cache directory,
+    six child processes (0.4 s) in every process that compiles or loads a cached
+    graph. Those extensions speed up bf16 and int8 matrix products only, never the
+    float32/float64 code of a sampler, so here they read as absent (plain AVX-512 or
+    AVX2 code). The probes' answers are cached for the whole process, so the caches
+    are emptied on the way out: code compiled elsewhere in the process probes as usual.
+    """
+    try:
+        from torch._inductor import cpu_vec_isa
+        probe = cpu_vec_isa.VecISA.check_build
+        base_code = cpu_vec_isa.VecISA._avx_code
+    except (ImportError, AttributeError):  # another torch: nothing to skip
+        yield
+        return
+
+    def base_probe_only(self, code: str) -> bool:
+        return probe(self, code) if code == base_code else False
+
+    caches = [getattr(cpu_vec_isa, "valid_vec_isa_list", None)] + [
+        getattr(getattr(cpu_vec_isa, name, None), method, None)
+        for name in ("VecAVX512", "VecAVX512VNNI", "VecAMX")
+        for method in ("__bool__", "is_avx512_bf16_supported", "is_amx_fp16_supported")]
+
+    def clear() -> None:
+        for cache in caches:
+            getattr(cache, "cache_clear", lambda: None)()
+
+    clear()
+    cpu_vec_isa.VecISA.check_build = base_probe_only
+    try:
+        yield
+    finally:
+        cpu_vec_isa.VecISA.check_build = probe
+        clear()
+
+
 def compile_graph(function: Callable, example_inputs: list[torch.Tensor],
                   cpp_wrapper: bool = False) -> Callable:
     """Trace ``function(*example_inputs)`` (tensors in, a tuple of tensors out) into one
@@ -422,7 +463,9 @@ def compile_graph(function: Callable, example_inputs: list[torch.Tensor],
         with _dtype_rules_built_once():
             try:  # trust the vector instructions the CPU reports: Inductor otherwise
                 # checks each by building and loading a library in ten subprocesses
-                with inductor_config.patch(**settings, **{"cpp.vec_isa_ok": True}):
+                # (and skip the bf16/int8 extensions' probes, see the context manager)
+                with (inductor_config.patch(**settings, **{"cpp.vec_isa_ok": True}),
+                      _no_instruction_extension_probes()):
                     compiled = compile_fx(gm, fake_inputs)
                     compiled(*example_inputs)  # compile now, not at the first real call
             except Exception:  # noqa: BLE001 - e.g. a compiler without those instructions

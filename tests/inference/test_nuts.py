@@ -356,6 +356,28 @@ def test_compiled_code_is_scalar_and_single_threaded_only_for_small_tensors(monk
         compile_graph(looped(width), [torch.randn(4, rows, dtype=torch.float64)])
     assert chosen == [(1, 1), (1, simdlen), (threads, simdlen)]
 
+def test_instruction_extension_probes_are_skipped_only_while_compiling(monkeypatch):
+    """Inductor probes bf16/VNNI/AMX support by building and loading a library per
+    extension (2 s in a new cache, 0.4 s per process); compile_graph answers "absent"
+    without building, for its own compilation only."""
+    from torch._inductor import cpu_vec_isa
+
+    from bayesdl.inference.traced_potential import _no_instruction_extension_probes
+
+    built = []
+    monkeypatch.setattr(cpu_vec_isa.VecISA, "check_build",
+                        lambda self, code: built.append(code) or True)
+    amx = cpu_vec_isa.VecAMX()
+    with _no_instruction_extension_probes():
+        assert amx.check_build(cpu_vec_isa.VecAMX._amx_code) is False
+        assert amx.check_build(cpu_vec_isa.VecAVX512._avx512_bf16_code) is False
+        assert built == []
+        assert amx.check_build(cpu_vec_isa.VecISA._avx_code) is True  # the base probe runs
+        assert built == [cpu_vec_isa.VecISA._avx_code]
+    assert amx.check_build(cpu_vec_isa.VecAMX._amx_code) is True  # restored on the way out
+    assert built[-1] == cpu_vec_isa.VecAMX._amx_code
+
+
 @functools.cache
 def _inductor_error() -> str | None:
     """Why Inductor cannot compile on this machine (no C++ compiler or Python headers),
