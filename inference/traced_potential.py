@@ -34,6 +34,8 @@ import torch.fx as fx
 from torch.func import functionalize
 from torch.fx.experimental.proxy_tensor import make_fx
 
+from bayesdl.inference.graph_algebra import simplify_algebra
+
 aten = torch.ops.aten
 GradFn = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 """``flat [C, D] -> (grad [C, D], log_density [C])`` (``grad_and_value``'s order)."""
@@ -107,6 +109,12 @@ def _fold_constants(gm: fx.GraphModule) -> None:
                 constant = gm.graph.get_attr(name)
             constant.meta["val"] = node.meta.get("val")
             node.replace_all_uses_with(constant)
+    # what is left of the constant part has no users but may look impure to
+    # eliminate_dead_code (an in-place fill of a scratch tensor): its effect is in the
+    # buffers above already
+    for node in reversed(list(gm.graph.nodes)):
+        if node.op == "call_function" and not depends.get(node, True) and not node.users:
+            gm.graph.erase_node(node)
     gm.graph.eliminate_dead_code()
 
 
@@ -288,6 +296,8 @@ def trace_graph(grad_fn: Callable, example: torch.Tensor) -> fx.GraphModule:
     _errors_to_nan(gm)
     _invert_constant_solves(gm)
     _simplify(gm)
+    _eliminate_common_subexpressions(gm)
+    simplify_algebra(gm)
     _eliminate_common_subexpressions(gm)
     gm.recompile()
     return gm
