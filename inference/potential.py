@@ -24,7 +24,13 @@ from torch.func import grad_and_value, vmap
 
 from bayesdl.errors import BayesdlError
 from bayesdl.inference.counter_rng import ChainRNG
-from bayesdl.inference.traced_potential import agrees, compile_graph, script_graph, trace_graph
+from bayesdl.inference.traced_potential import (
+    agrees,
+    compile_graph,
+    nan_log_density_to_minus_inf,
+    script_graph,
+    trace_graph,
+)
 
 INIT_STREAM = 1_000_003
 
@@ -141,19 +147,18 @@ class BatchedPotential:
     def log_density(self, flat: torch.Tensor) -> torch.Tensor:
         """``log p`` (+ log-Jacobian) at ``[C, D]`` positions, as ``[C]``; NaN becomes -inf."""
         if self._fast_value is not None and flat.shape == self._fast_shape:
-            value = self._fast_value(flat)
-        else:
-            with pyro.validation_enabled(False), poutine.block():
-                value = self._batched_log_density(flat)
+            return self._fast_value(flat)  # the traced graph maps NaN to -inf itself
+        with pyro.validation_enabled(False), poutine.block():
+            value = self._batched_log_density(flat)
         return torch.where(torch.isnan(value), -math.inf, value)
 
     def log_density_and_grad(self, flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(log p [C], grad [C, D])`` at ``[C, D]`` positions."""
         if self._fast_grad is not None and flat.shape == self._fast_shape:
-            grad, value = self._fast_grad(flat)
-        else:
-            with pyro.validation_enabled(False), poutine.block():
-                grad, value = self._batched_grad(flat)
+            grad, value = self._fast_grad(flat)  # NaN already -inf (see log_density)
+            return value, grad
+        with pyro.validation_enabled(False), poutine.block():
+            grad, value = self._batched_grad(flat)
         return torch.where(torch.isnan(value), -math.inf, value), grad
 
     def accelerate(self, example: torch.Tensor, evaluation: str = "auto") -> bool:
@@ -228,6 +233,7 @@ class BatchedPotential:
         try:
             with pyro.validation_enabled(False), poutine.block():
                 graph = trace_graph(function, example)
+            nan_log_density_to_minus_inf(graph)
             fast = script_graph(graph, example)
             if not agrees(fast, reference, points):
                 return None

@@ -303,6 +303,23 @@ def trace_graph(grad_fn: Callable, example: torch.Tensor) -> fx.GraphModule:
     return gm
 
 
+def nan_log_density_to_minus_inf(gm: fx.GraphModule) -> None:
+    """Make the graph's last output (the log density) -inf where it is NaN, as samplers
+    read it: two operations in the graph instead of two Python calls per gradient."""
+    output = next(node for node in gm.graph.nodes if node.op == "output")
+    results = output.args[0]
+    single = isinstance(results, fx.Node)
+    value = results if single else results[-1]
+    with gm.graph.inserting_before(output):
+        nan = gm.graph.call_function(aten.isnan.default, (value,))
+        guarded = gm.graph.call_function(aten.where.ScalarSelf, (nan, -math.inf, value))
+    if _val(value) is not None:
+        nan.meta["val"] = torch.zeros((), dtype=torch.bool).expand(_val(value).shape)
+        guarded.meta["val"] = _val(value)
+    output.args = (guarded if single else (*results[:-1], guarded),)
+    gm.recompile()
+
+
 def script_graph(gm: fx.GraphModule, example: torch.Tensor) -> Callable:
     """Run a traced graph with TorchScript's interpreter (no compile step)."""
     with warnings.catch_warnings():
