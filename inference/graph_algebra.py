@@ -408,10 +408,66 @@ def _untranspose_products(gm: fx.GraphModule, constants: _Constants) -> None:
     gm.graph.eliminate_dead_code()
 
 
+def _matrix(constant: Constant | None, other: torch.Tensor) -> torch.Tensor | None:
+    """A constant as one matrix, when its leading dimensions (if any) are all 1 and
+    ``other`` has at least as many (so that they change no shape)."""
+    if not isinstance(constant, torch.Tensor) or constant.dim() < 2:
+        return None
+    if constant.dim() > other.dim() or any(size != 1 for size in constant.shape[:-2]):
+        return None
+    return constant.reshape(constant.shape[-2:])
+
+
+def _batched_vector_products(gm: fx.GraphModule, constants: _Constants) -> None:
+    """``A @ v`` with a constant matrix ``A [m, k]`` and a batch of column vectors
+    ``v [..., k, 1]`` (or ``v [..., 1, k] @ A``) becomes one matrix product of the
+    vectors stacked as rows: a broadcast ``matmul`` expands ``A`` for every vector
+    (13 us against 5 us for four 100-d vectors)."""
+    for node in list(gm.graph.nodes):
+        if (node.op != "call_function" or node.target is not aten.matmul.default
+                or len(node.args) != 2 or node.kwargs):
+            continue
+        left, right = node.args
+        left_value = _val(left) if _val(left) is not None else constants.value(left)
+        right_value = _val(right) if _val(right) is not None else constants.value(right)
+        result = _val(node)
+        if not all(isinstance(v, torch.Tensor) for v in (result, left_value, right_value)):
+            continue
+        matrix = _matrix(constants.value(left), right_value)
+        if (matrix is not None and right_value.dim() >= 3
+                and right_value.shape[-1] == 1 and right_value.shape[-2] == matrix.shape[1]):
+            vectors, factor = right, matrix.t().contiguous()  # rows @ A^T
+        else:
+            matrix = _matrix(constants.value(right), left_value)
+            if not (matrix is not None and left_value.dim() >= 3 and left_value.shape[-2] == 1
+                    and left_value.shape[-1] == matrix.shape[0]):
+                continue
+            vectors, factor = left, matrix.contiguous()  # rows @ A
+        if factor.dtype != result.dtype:
+            continue
+        if (vectors.op == "call_function" and vectors.target is aten.neg.default
+                and len(vectors.users) == 1):  # (-v) @ A = v @ (-A)
+            vectors, factor = vectors.args[0], -factor
+        size = factor.shape[0]
+        with gm.graph.inserting_before(node):
+            rows = gm.graph.call_function(aten.reshape.default, (vectors, [-1, size]))
+        rows.meta["val"] = _stand_in(torch.Size([_val(vectors).numel() // size, size]), result)
+        weight = constants.node(factor, factor, node)
+        with gm.graph.inserting_before(node):
+            product = gm.graph.call_function(aten.mm.default, (rows, weight))
+            shaped = gm.graph.call_function(aten.view.default, (product, list(result.shape)))
+        product.meta["val"] = _stand_in(torch.Size([rows.meta["val"].shape[0],
+                                                    factor.shape[1]]), result)
+        shaped.meta["val"] = result
+        node.replace_all_uses_with(shaped)
+    gm.graph.eliminate_dead_code()
+
+
 def simplify_algebra(gm: fx.GraphModule) -> None:
     """Combine the constants of affine chains, then of sums (see the module docstring)."""
     constants = _Constants(gm)
     _untranspose_products(gm, constants)
+    _batched_vector_products(gm, constants)
     _compose_affine_chains(gm, constants)
     _pull_constants_out_of_reductions(gm, constants)
     _collect_sum_constants(gm, constants)

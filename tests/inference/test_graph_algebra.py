@@ -132,3 +132,29 @@ def test_built_in_models_lose_a_fifth_of_their_operations(model, monkeypatch):
         before = _unsimplified(potential._batched_grad, example, monkeypatch)
         after = _check(potential._batched_grad, example)
     assert len(after) <= 0.8 * len(before), (len(before), len(after))
+
+
+def test_a_fixed_covariance_takes_plain_matrix_products(monkeypatch):
+    """A fixed covariance's triangular solves become products with constant inverses
+    (traced_potential); here the batch of vectors is multiplied as one matrix instead of
+    a broadcast ``matmul`` that expands the inverse for every chain."""
+    import pyro
+    import pyro.distributions as dist
+
+    from bayesdl.inference.potential import BatchedPotential
+
+    generator = torch.Generator().manual_seed(2)
+    q, _ = torch.linalg.qr(torch.randn(9, 9, dtype=DTYPE, generator=generator))
+    cov = (q * torch.logspace(-2, 0, 9, dtype=DTYPE)) @ q.T
+
+    def model(cov):
+        pyro.sample("x", dist.MultivariateNormal(torch.zeros(9, dtype=DTYPE),
+                                                 covariance_matrix=cov))
+
+    potential = BatchedPotential(model, {"cov": cov})
+    example = torch.zeros(4, 9, dtype=DTYPE)
+    with pyro.validation_enabled(False), pyro.poutine.block():
+        before = _unsimplified(potential._batched_grad, example, monkeypatch)
+        after = _check(potential._batched_grad, example)
+    assert "aten.matmul.default" in before
+    assert "aten.matmul.default" not in after and after.count("aten.mm.default") == 2, after
