@@ -46,6 +46,7 @@ from bayesdl.inference.nuts_leaf import (
 )
 
 MOMENTUM_STREAM = 11
+EARLY_DOUBLINGS = 5  # their random numbers are drawn in one call at the start of a tree
 
 
 class NUTSState(NamedTuple):
@@ -149,8 +150,14 @@ def nuts_transition(rng: ChainRNG, step_index: int, point: PhasePoint, step_size
     accept_sum = zeros
     for d in range(max_tree_depth):
         depth = depth + active.to(depth.dtype)  # Stan counts the doubling even if rejected
-        # one draw per doubling: [direction, merge, one per leaf]
-        log_uniforms = rng.uniform(step_index, DEPTH_STREAM + d, (2**d + 2,), dtype).log()
+        # one draw per doubling: [direction, merge, one per leaf]; those of the first
+        # doublings in one call, as most trees are shallow
+        if d == 0:
+            early = range(min(EARLY_DOUBLINGS, max_tree_depth))
+            early_uniforms = rng.uniform_streams(step_index, [DEPTH_STREAM + k for k in early],
+                                                 [2**k + 2 for k in early], dtype)
+        log_uniforms = (early_uniforms[d] if d < len(early_uniforms) else
+                        rng.uniform(step_index, DEPTH_STREAM + d, (2**d + 2,), dtype)).log()
         going_right = log_uniforms[:, 0] < -math.log(2.0)
         signed_step = torch.where(going_right, step_size, -step_size)[:, None]
         half_step = 0.5 * signed_step

@@ -243,3 +243,13 @@ def test_cuda_draws_equal_cpu_draws():
     gpu = ChainRNG(seeds, device="cuda")
     assert torch.equal(cpu.bits(7, 2, (33,)), gpu.bits(7, 2, (33,)).cpu())
     assert torch.equal(cpu.normal(7, 2, (33,)), gpu.normal(7, 2, (33,)).cpu())
+
+
+def test_several_streams_in_one_call_are_the_streams_drawn_one_by_one():
+    rng = ChainRNG([3, 1, 4, 1, 5])
+    sizes = [3, 4, 6, 10, 18]
+    streams = [100 + k for k in range(len(sizes))]
+    for dtype in (torch.float64, torch.float32):
+        blocks = rng.uniform_streams(7, streams, sizes, dtype)
+        for stream, size, block in zip(streams, sizes, blocks, strict=True):
+            assert torch.equal(block, rng.uniform(7, stream, (size,), dtype))
