@@ -13,6 +13,12 @@ CPU whatever its size, which is most of a small model's gradient. Two rewrites:
   non-constant terms plus one combined constant (the log density is a sum of many
   terms, each carrying its normalising constants).
 
+What is rewritten depends only on the graph, never on the values of its tensors: a
+constant computed from tensors (the data, or a prior's parameters) stays a tensor
+buffer, so a model traced with other data of the same shapes gives the same graph code
+and reuses compiled code cached for the first (``potential=compile``). Numbers written
+in the model's code (``2.0``, ``log(2 pi)``) are part of the graph and fold freely.
+
 Combining constants reassociates floating-point arithmetic, so results change in the
 last bits (the traced graph is checked against the model to 1e-7 relative, and the
 tests to 1e-10). No library offers this on a plain ``make_fx`` graph (Inductor's
@@ -60,13 +66,10 @@ class _Constants:
         return None
 
     def node(self, value: Constant, like: torch.Tensor, before: fx.Node) -> object:
-        """``value`` as a graph argument: a number when every element is the same and
-        the tensor would not change the result's shape, else a new buffer."""
+        """``value`` as a graph argument: a number stays a number (it was one in the
+        model's code), anything computed from a tensor becomes a new buffer, never a
+        number in the code, whatever its value (see the module docstring)."""
         if isinstance(value, torch.Tensor):
-            flat = value.reshape(-1)
-            if (flat.numel() > 0 and bool((flat == flat[0]).all())
-                    and torch.broadcast_shapes(value.shape, like.shape) == like.shape):
-                return float(flat[0])
             while hasattr(self.gm, f"_algebra_{self.count}"):
                 self.count += 1
             name = f"_algebra_{self.count}"
@@ -79,11 +82,8 @@ class _Constants:
 
 
 def _is_one(value: Constant | None) -> bool:
-    if value is None:
-        return True
-    if isinstance(value, float):
-        return value == 1.0
-    return bool((value == 1).all())
+    """Whether a scale is the identity: ``None`` or the number 1 (a tensor never is)."""
+    return value is None or (isinstance(value, float) and value == 1.0)
 
 
 def _stand_in(shape: torch.Size, like: torch.Tensor) -> torch.Tensor:
@@ -109,9 +109,8 @@ class _Affine:
 
 
 def _is_zero(value: Constant | None) -> bool:
-    if isinstance(value, torch.Tensor):
-        return bool((value == 0).all())
-    return value == 0.0
+    """Whether an offset is the number 0 (a tensor never is)."""
+    return isinstance(value, float) and value == 0.0
 
 
 def _times(a: Constant | None, b: Constant | None) -> Constant | None:
@@ -163,8 +162,9 @@ def _as_affine(node: fx.Node, constants: _Constants) -> _Affine | None:
         return None
     if target in (aten.div.Tensor, aten.div.Scalar):
         if second is not None and first is None and isinstance(args[0], fx.Node):
-            if (second == 0).any() if isinstance(second, torch.Tensor) else second == 0:
+            if isinstance(second, float) and second == 0.0:
                 return None
+            # x * (1 / c) is x / c to rounding, also where c is 0 (both give inf or NaN)
             return _Affine(args[0], 1.0 / second, None, 1)
     return None
 

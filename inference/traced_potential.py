@@ -13,7 +13,9 @@ The simplifications are written here because no library offers them on a plain
 ``make_fx`` graph (torch.compile's passes come only with its whole compiler):
 constant folding (everything that depends only on the data), triangular solves with a
 constant matrix turned into products with its inverse, removal of additions of zeros
-and other identities, and common-subexpression elimination.
+and other identities, common-subexpression elimination, and elementary algebra on the
+constants that are left (:mod:`~bayesdl.inference.graph_algebra`: a third fewer
+operations on eight schools and logistic regression).
 
 A traced graph fixes Python control flow at the point it was traced: a model that
 branches on a latent value, or draws its own random numbers, would be wrong elsewhere.
