@@ -10,6 +10,7 @@ is why the trace is evaluated here.
 
 from __future__ import annotations
 
+import copy
 import math
 import warnings
 from collections.abc import Callable
@@ -24,6 +25,7 @@ from torch.func import grad_and_value, vmap
 
 from bayesdl.errors import BayesdlError
 from bayesdl.inference.counter_rng import ChainRNG
+from bayesdl.inference.graph_algebra import simplify_algebra
 from bayesdl.inference.traced_potential import (
     agrees,
     compile_graph,
@@ -233,8 +235,14 @@ class BatchedPotential:
         try:
             with pyro.validation_enabled(False), poutine.block():
                 graph = trace_graph(function, example)
+            # the graph run by TorchScript may fold the data's values into its code;
+            # the one kept for compiling may not (its code keys Inductor's cache)
+            scripted = copy.deepcopy(graph)
+            simplify_algebra(scripted, values=True)
+            scripted.recompile()
             nan_log_density_to_minus_inf(graph)
-            fast = script_graph(graph, example)
+            nan_log_density_to_minus_inf(scripted)
+            fast = script_graph(scripted, example)
             if not agrees(fast, reference, points):
                 return None
         except Exception:  # noqa: BLE001 - any tracing limitation means: run the model

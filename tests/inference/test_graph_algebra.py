@@ -181,3 +181,26 @@ def test_other_data_of_the_same_shapes_give_the_same_graph_code():
             with pyro.poutine.block():
                 codes.append(trace_graph(potential._batched_grad, example).code)
     assert codes[0] == codes[1]
+
+
+def test_folding_values_too_removes_more_and_keeps_the_values():
+    """For the graph TorchScript runs (never compiled, never cached), tensors of zeros
+    or ones and tensors of equal elements fold as numbers: fewer operations still."""
+    import copy
+
+    from bayesdl.inference.graph_algebra import simplify_algebra
+
+    loc, scale = torch.zeros(6, dtype=DTYPE), torch.full((6,), 2.0, dtype=DTYPE)
+
+    def log_density(x):
+        return (-((x - loc) / scale) ** 2 / 2 - scale.log()).sum(-1)
+
+    example = torch.zeros(3, 6, dtype=DTYPE)
+    graph = trace_graph(log_density, example)
+    folded = copy.deepcopy(graph)
+    simplify_algebra(folded, values=True)
+    folded.recompile()
+    assert len(_operations(folded)) < len(_operations(graph))
+    assert "aten.sub.Tensor" not in _operations(folded)  # x - 0 is gone
+    point = torch.randn(3, 6, dtype=DTYPE, generator=torch.Generator().manual_seed(8))
+    torch.testing.assert_close(folded(point), log_density(point), rtol=1e-12, atol=1e-12)
