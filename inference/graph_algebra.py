@@ -4,20 +4,25 @@ A Pyro model's traced density and gradient spend many operations on constants: a
 ``Normal(0, 5)`` prior's log density is ``-(x - 0)^2 / (2 * 25) - log 5 - log sqrt(2 pi)``,
 five operations of which one is needed, and its gradient scales ``x`` by three constants
 one after another. Without a compiler every operation costs a microsecond or two on
-CPU whatever its size, which is most of a small model's gradient. Two rewrites:
+CPU whatever its size, which is most of a small model's gradient. The rewrites:
 
 - *Affine chains*: a run of single-use ``+ c``, ``- c``, ``* c``, ``/ c`` and negations
   applied to one tensor (``c`` a number or a constant tensor) becomes at most one
   multiplication and one addition, with the constants combined at trace time.
 - *Sums*: a tree of single-use additions and subtractions becomes a chain over its
   non-constant terms plus one combined constant (the log density is a sum of many
-  terms, each carrying its normalising constants).
+  terms, each carrying its normalising constants); a constant or a negation inside a
+  reduction moves out of it first.
+- *Products with data*: ``vmap``'s ``(X @ w^T)^T`` becomes ``w @ X^T`` with ``X^T``
+  made once, and a batch of vectors times a constant matrix one ``mm``.
 
-What is rewritten depends only on the graph, never on the values of its tensors: a
-constant computed from tensors (the data, or a prior's parameters) stays a tensor
-buffer, so a model traced with other data of the same shapes gives the same graph code
-and reuses compiled code cached for the first (``potential=compile``). Numbers written
-in the model's code (``2.0``, ``log(2 pi)``) are part of the graph and fold freely.
+By default what is rewritten depends only on the graph, never on the values of its
+tensors: a constant computed from tensors (the data, or a prior's parameters) stays a
+tensor buffer, so a model traced with other data of the same shapes gives the same
+graph code and reuses compiled code cached for the first (``potential=compile``).
+Numbers written in the model's code (``2.0``, ``log(2 pi)``) are part of the graph and
+fold freely. The graph that only TorchScript runs may fold values too
+(``simplify_algebra(gm, values=True)``).
 
 Combining constants reassociates floating-point arithmetic, so results change in the
 last bits (the traced graph is checked against the model to 1e-7 relative, and the
