@@ -44,28 +44,36 @@ def mix64(x: torch.Tensor) -> torch.Tensor:
 
 
 @torch.jit.script
-def _hash_grid(keys: torch.Tensor, counter: int, numel: int) -> torch.Tensor:
-    """``mix64(mix64(key ^ counter) + element * _STEP)`` for every key and element
-    ``1..numel``, ``[C, numel]``, in one scripted call: samplers draw several times per
-    transition, and each unscripted operation costs about a microsecond on CPU. (The
-    constants are ``_GOLDEN``, ``_MIX1``, ``_MIX2``, ``_STEP`` written out, as TorchScript
-    reads no globals; a test checks this equals :func:`mix64`.)"""
-    row = (keys ^ counter) + -7046029254386353131
-    row = (row ^ ((row >> 30) & 0x3FFFFFFFF)) * -4658895280553007687
-    row = (row ^ ((row >> 27) & 0x1FFFFFFFFF)) * -7723592293110705685
-    row = row ^ ((row >> 31) & 0x1FFFFFFFF)
-    element = torch.arange(1, numel + 1, dtype=torch.int64, device=keys.device)
-    x = row[:, None] + element[None, :] * -3335678366873096957 + -7046029254386353131
+def _mix_scripted(x: torch.Tensor) -> torch.Tensor:
+    """:func:`mix64` for scripted code (the constants ``_GOLDEN``, ``_MIX1``, ``_MIX2``
+    written out, as TorchScript reads no globals; a test checks it equals mix64)."""
+    x = x + -7046029254386353131
     x = (x ^ ((x >> 30) & 0x3FFFFFFFF)) * -4658895280553007687
     x = (x ^ ((x >> 27) & 0x1FFFFFFFFF)) * -7723592293110705685
     return x ^ ((x >> 31) & 0x1FFFFFFFF)
 
 
 @torch.jit.script
-def _uniform_grid(keys: torch.Tensor, counter: int, numel: int) -> torch.Tensor:
-    """The top 53 bits of :func:`_hash_grid` as float64 uniforms on (0, 1)."""
-    top53 = (_hash_grid(keys, counter, numel) >> 11) & 0x1FFFFFFFFFFFFF
+def _to_unit(bits: torch.Tensor) -> torch.Tensor:
+    """The top 53 bits as float64 uniforms on the open interval (0, 1)."""
+    top53 = (bits >> 11) & 0x1FFFFFFFFFFFFF
     return (top53.to(torch.float64) + 0.5) * 1.1102230246251565e-16
+
+
+@torch.jit.script
+def _hash_grid(keys: torch.Tensor, counter: int, numel: int) -> torch.Tensor:
+    """``mix64(mix64(key ^ counter) + element * _STEP)`` for every key and element
+    ``1..numel``, ``[C, numel]``, in one scripted call: samplers draw several times per
+    transition, and each unscripted operation costs about a microsecond on CPU."""
+    row = _mix_scripted(keys ^ counter)
+    element = torch.arange(1, numel + 1, dtype=torch.int64, device=keys.device)
+    return _mix_scripted(row[:, None] + element[None, :] * -3335678366873096957)
+
+
+@torch.jit.script
+def _uniform_grid(keys: torch.Tensor, counter: int, numel: int) -> torch.Tensor:
+    """:func:`_hash_grid` as float64 uniforms on (0, 1)."""
+    return _to_unit(_hash_grid(keys, counter, numel))
 
 
 @torch.jit.script
@@ -74,17 +82,9 @@ def _uniform_streams(keys: torch.Tensor, counters: torch.Tensor, column_stream: 
     """:func:`_uniform_grid` for several streams in one call: column ``j`` is element
     ``column_element[j]`` (1-based) of the stream whose counter is
     ``counters[column_stream[j]]``; the same bits as one call per stream."""
-    row = (keys[:, None] ^ counters[None, :]) + -7046029254386353131
-    row = (row ^ ((row >> 30) & 0x3FFFFFFFF)) * -4658895280553007687
-    row = (row ^ ((row >> 27) & 0x1FFFFFFFFF)) * -7723592293110705685
-    row = row ^ ((row >> 31) & 0x1FFFFFFFF)
-    x = (row.index_select(1, column_stream)
-         + (column_element * -3335678366873096957 + -7046029254386353131)[None, :])
-    x = (x ^ ((x >> 30) & 0x3FFFFFFFF)) * -4658895280553007687
-    x = (x ^ ((x >> 27) & 0x1FFFFFFFFF)) * -7723592293110705685
-    x = x ^ ((x >> 31) & 0x1FFFFFFFF)
-    top53 = (x >> 11) & 0x1FFFFFFFFFFFFF
-    return (top53.to(torch.float64) + 0.5) * 1.1102230246251565e-16
+    rows = _mix_scripted(keys[:, None] ^ counters[None, :])
+    return _to_unit(_mix_scripted(rows.index_select(1, column_stream)
+                                  + (column_element * -3335678366873096957)[None, :]))
 
 
 @functools.cache

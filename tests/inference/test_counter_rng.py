@@ -14,7 +14,7 @@ import pytest
 import torch
 from scipy import stats
 
-from bayesdl.inference.counter_rng import ChainRNG, mix64, uniform_at
+from bayesdl.inference.counter_rng import ChainRNG, _mix_scripted, mix64, uniform_at
 
 MASK = (1 << 64) - 1
 GOLDEN = 0x9E3779B97F4A7C15
@@ -62,6 +62,7 @@ def test_mix64_equals_pure_python_splitmix64():
     tensor = torch.tensor([to_signed(v) for v in values], dtype=torch.int64)
     got = [to_unsigned(int(v)) for v in mix64(tensor)]
     assert got == [splitmix64_finaliser(v) for v in values]
+    assert torch.equal(_mix_scripted(tensor), mix64(tensor))  # the scripted copy
 
 
 def test_mix64_is_a_bijection_on_a_sample():
