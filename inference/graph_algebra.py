@@ -61,16 +61,17 @@ class _Constants:
         self.count = 0
 
     def is_one(self, value: Constant | None) -> bool:
-        """Whether a scale is the identity (a tensor only when values may count)."""
+        """Whether a scale is the identity: ``None``, the number 1, or (only when values
+        may count) a tensor of ones."""
         if isinstance(value, torch.Tensor):
             return self.values and bool((value == 1).all())
-        return _is_one(value)
+        return value is None or value == 1.0
 
     def is_zero(self, value: Constant | None) -> bool:
-        """Whether an offset is zero (a tensor only when values may count)."""
+        """Whether an offset is the number 0 or (only when values may count) zeros."""
         if isinstance(value, torch.Tensor):
             return self.values and bool((value == 0).all())
-        return _is_zero(value)
+        return value == 0.0
 
     def value(self, arg: object) -> Constant | None:
         if isinstance(arg, bool):
@@ -103,11 +104,6 @@ class _Constants:
         return value
 
 
-def _is_one(value: Constant | None) -> bool:
-    """Whether a scale is the identity: ``None`` or the number 1 (a tensor never is)."""
-    return value is None or (isinstance(value, float) and value == 1.0)
-
-
 def _stand_in(shape: torch.Size, like: torch.Tensor) -> torch.Tensor:
     """A tensor with ``shape``, ``like``'s dtype and device and no memory of its own: what
     shape checks (and the rest of the simplification) read from ``meta['val']``."""
@@ -128,11 +124,6 @@ class _Affine:
     scale: Constant | None
     offset: Constant | None
     operations: int
-
-
-def _is_zero(value: Constant | None) -> bool:
-    """Whether an offset is the number 0 (a tensor never is)."""
-    return isinstance(value, float) and value == 0.0
 
 
 def _times(a: Constant | None, b: Constant | None) -> Constant | None:
@@ -232,21 +223,17 @@ def _compose_affine_chains(gm: fx.GraphModule, constants: _Constants) -> None:
         if _shape_of(*parts) != result.shape:
             continue
         current: object = affine.source
-        current_shape = source_value.shape
-        with gm.graph.inserting_before(node):
+        with gm.graph.inserting_before(node):  # (constants.node keeps this place)
             if not constants.is_one(affine.scale):
                 scale = constants.node(affine.scale, result, node)
-                with gm.graph.inserting_before(node):
-                    if isinstance(scale, float) and scale == -1.0:
-                        current = gm.graph.call_function(aten.neg.default, (current,))
-                    else:
-                        current = gm.graph.call_function(aten.mul.Tensor, (current, scale))
-                current_shape = _shape_of(source_value, affine.scale)
-                current.meta["val"] = _stand_in(current_shape, result)
+                if isinstance(scale, float) and scale == -1.0:
+                    current = gm.graph.call_function(aten.neg.default, (current,))
+                else:
+                    current = gm.graph.call_function(aten.mul.Tensor, (current, scale))
+                current.meta["val"] = _stand_in(_shape_of(source_value, affine.scale), result)
             if affine.offset is not None:
                 offset = constants.node(affine.offset, result, node)
-                with gm.graph.inserting_before(node):
-                    current = gm.graph.call_function(aten.add.Tensor, (current, offset))
+                current = gm.graph.call_function(aten.add.Tensor, (current, offset))
                 current.meta["val"] = _stand_in(result.shape, result)
         node.replace_all_uses_with(current)
         replaced[node] = current
@@ -303,8 +290,9 @@ def _collect_sum_constants(gm: fx.GraphModule, constants: _Constants) -> None:
         terms: list[tuple[float, object]] = []
         inner: list[fx.Node] = []
         _terms(node, 1.0, root, constants, terms, inner)
-        variable = [(s, t) for s, t in terms if constants.value(t) is None]
-        fixed = [(s, constants.value(t)) for s, t in terms if constants.value(t) is not None]
+        read = [(sign, term, constants.value(term)) for sign, term in terms]
+        variable = [(sign, term) for sign, term, value in read if value is None]
+        fixed = [(sign, value) for sign, _, value in read if value is not None]
         if not variable or any(_val(t) is None or _val(t).dtype != root.dtype
                                for _, t in variable):
             continue
