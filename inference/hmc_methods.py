@@ -88,10 +88,11 @@ def _check(options, name: str) -> None:
             raise BayesdlError(f"{name} must be >= {low}, got {value}")
 
 
-def nuts_kernel(options: NUTSOptions, potential_fn, gradient_graph=None) -> NUTSKernel:
+def nuts_kernel(options: NUTSOptions, potential_fn, gradient_graph=None,
+                traced_gradient=None) -> NUTSKernel:
     return NUTSKernel(potential_fn, options.max_tree_depth, options.target_accept,
                       options.dense_mass, init_step_size=options.init_step_size,
-                      gradient_graph=gradient_graph)
+                      gradient_graph=gradient_graph, traced_gradient=traced_gradient)
 
 
 def hmc_kernel(options: HMCOptions, potential_fn) -> HMCKernel:
@@ -113,6 +114,9 @@ def _run(spec: ModelSpec, options, settings: RunSettings, name: str,
 
     def make_kernel(potential: BatchedPotential):
         if options.potential != "compile" or potential.gradient_graph is None:
+            if build is nuts_kernel:  # each leaf one TorchScript call, potential inside
+                return nuts_kernel(options, potential.log_density_and_grad,
+                                   traced_gradient=potential.traced_gradient)
             return build(options, potential.log_density_and_grad)
         if build is nuts_kernel:  # the whole leaf is compiled, the potential inside it
             return nuts_kernel(options, potential.log_density_and_grad, potential.gradient_graph)

@@ -27,10 +27,12 @@ from bayesdl.errors import BayesdlError
 from bayesdl.inference.counter_rng import ChainRNG
 from bayesdl.inference.graph_algebra import simplify_algebra
 from bayesdl.inference.traced_potential import (
+    TracedGradient,
     agrees,
     compile_graph,
     nan_log_density_to_minus_inf,
-    script_graph,
+    static_runtime,
+    torchscript_module,
     trace_graph,
 )
 
@@ -71,6 +73,7 @@ class BatchedPotential:
         self._fast_value = self._fast_grad = None  # traced graphs, see accelerate()
         self._fast_shape: torch.Size | None = None
         self.gradient_graph: torch.fx.GraphModule | None = None  # flat -> (grad, log p)
+        self.traced_gradient: TracedGradient | None = None  # the same, run by TorchScript
         self._batched_log_density = vmap(self._log_density_one)
         self._batched_grad = vmap(grad_and_value(self._log_density_one))
         self._probe_vmap()
@@ -178,7 +181,7 @@ class BatchedPotential:
         if evaluation not in ("auto", "eager", "trace", "compile"):
             raise BayesdlError(
                 f"unknown potential evaluation {evaluation!r}; choose auto, eager, trace or compile")
-        self._fast_value = self._fast_grad = self.gradient_graph = None
+        self._fast_value = self._fast_grad = self.gradient_graph = self.traced_gradient = None
         if evaluation == "eager" or self._batched_grad == self._loop_grad:
             return False
         traced_grad = self._traced(self._batched_grad, example)
@@ -191,6 +194,7 @@ class BatchedPotential:
             return False
         self._fast_shape, self._example = example.shape, example
         self._fast_value, self._fast_grad = traced_value[0], traced_grad[0]
+        self.traced_gradient = traced_grad[2]
         if evaluation == "compile":
             self.gradient_graph = traced_grad[1]
         return True
@@ -220,8 +224,9 @@ class BatchedPotential:
         return log_density_and_grad
 
     def _traced(self, function: Callable, example: torch.Tensor):
-        """``(scripted, graph)`` for ``function`` traced at ``example`` if it matches the
-        model at random points, else None."""
+        """``(fast, graph, traced)`` for ``function`` traced at ``example`` if it matches
+        the model at random points, else None: the graph run by TorchScript's Static
+        Runtime, the graph kept for compiling, and the TorchScript module of the first."""
 
         def reference(flat: torch.Tensor):
             with pyro.validation_enabled(False), poutine.block():
@@ -242,12 +247,13 @@ class BatchedPotential:
             scripted.recompile()
             nan_log_density_to_minus_inf(graph)
             nan_log_density_to_minus_inf(scripted)
-            fast = script_graph(scripted, example)
+            module = torchscript_module(scripted, example)
+            fast = static_runtime(torch.jit.freeze(copy.deepcopy(module).eval()), example)
             if not agrees(fast, reference, points):
                 return None
         except Exception:  # noqa: BLE001 - any tracing limitation means: run the model
             return None
-        return fast, graph
+        return fast, graph, TracedGradient(module, example.shape)
 
     # ----------------------------------------------------------------- start
     def initial_positions(

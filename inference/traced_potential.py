@@ -30,6 +30,7 @@ import logging
 import math
 import warnings
 from collections.abc import Callable, Iterator
+from typing import NamedTuple
 
 import torch
 import torch.fx as fx
@@ -37,6 +38,7 @@ from torch.func import functionalize
 from torch.fx.experimental.proxy_tensor import make_fx
 
 from bayesdl.inference.graph_algebra import simplify_algebra
+from bayesdl.inference.lean_composites import LeanComposites
 
 aten = torch.ops.aten
 GradFn = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
@@ -292,8 +294,14 @@ def _hashable(value: object) -> object:
 def trace_graph(grad_fn: Callable, example: torch.Tensor) -> fx.GraphModule:
     """Trace ``grad_fn`` (a log density or its ``grad_and_value``) at ``example [C, D]``
     into a simplified graph of ATen operations (constants folded, identities removed,
-    common subexpressions shared)."""
-    gm = make_fx(functionalize(lambda flat: grad_fn(flat), remove="mutations"))(example)
+    common subexpressions shared). Composite losses are traced in their shortest exact
+    form (:class:`~bayesdl.inference.lean_composites.LeanComposites`)."""
+
+    def lean(flat: torch.Tensor):
+        with LeanComposites():
+            return grad_fn(flat)
+
+    gm = make_fx(functionalize(lean, remove="mutations"))(example)
     _fold_constants(gm)
     _errors_to_nan(gm)
     _invert_constant_solves(gm)
@@ -322,11 +330,44 @@ def nan_log_density_to_minus_inf(gm: fx.GraphModule) -> None:
     gm.recompile()
 
 
+class TracedGradient(NamedTuple):
+    """A traced ``flat -> (grad, log_density)`` as an unfrozen TorchScript module, for
+    positions of ``shape`` only: what a sampler embeds in its own scripted step."""
+
+    module: torch.jit.ScriptModule
+    shape: torch.Size
+
+
 def script_graph(gm: fx.GraphModule, example: torch.Tensor) -> Callable:
-    """Run a traced graph with TorchScript's interpreter (no compile step)."""
+    """Run a traced graph with TorchScript (no compile step): :func:`static_runtime` of
+    the frozen module."""
+    return static_runtime(torch.jit.freeze(torchscript_module(gm, example).eval()), example)
+
+
+def torchscript_module(gm: fx.GraphModule, example: torch.Tensor) -> torch.jit.ScriptModule:
+    """The graph as an unfrozen TorchScript module, which other scripted modules can
+    call (a frozen one cannot be a submodule)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return torch.jit.freeze(torch.jit.trace(gm, (example,), check_trace=False).eval())
+        return torch.jit.trace(gm, (example,), check_trace=False)
+
+
+def static_runtime(frozen: torch.jit.ScriptModule, example: torch.Tensor) -> Callable:
+    """``frozen`` run by TorchScript's Static Runtime on CPU, else by its interpreter.
+
+    The Static Runtime plans the graph's memory once and calls each operation's
+    out-variant kernel directly, skipping most of the dispatcher: 49 -> 38 us per
+    gradient of logistic regression, 118 -> 82 us per NUTS leaf (traced potential and
+    leaf bookkeeping in one module). It is TorchScript's own, for CPU inference; where
+    it declines a graph, or off CPU, the interpreter runs it as before.
+    """
+    to_static = getattr(torch._C, "_jit_to_static_module", None)
+    if to_static is None or example.device.type != "cpu":
+        return frozen
+    try:
+        return to_static(frozen._c)
+    except Exception:  # noqa: BLE001 - an operation it does not support: interpreter
+        return frozen
 
 
 def trace_gradient(grad_fn: Callable, example: torch.Tensor) -> tuple[Callable, int]:

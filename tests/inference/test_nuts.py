@@ -229,6 +229,24 @@ def test_traced_potential_equals_the_model(model):
         assert value.shape == (2,) and grad.shape == (2, potential.dim)
 
 
+def test_static_runtime_runs_a_module_as_the_interpreter_does_and_falls_back(monkeypatch):
+    from bayesdl.inference.traced_potential import static_runtime
+
+    torch.manual_seed(0)
+    module = torch.jit.freeze(torch.jit.script(torch.nn.Sequential(
+        torch.nn.Linear(3, 5), torch.nn.Tanh(), torch.nn.Linear(5, 2)).double()).eval())
+    x = torch.randn(4, 3, dtype=torch.float64)
+    fast = static_runtime(module, x)
+    torch.testing.assert_close(fast(x), module(x), rtol=1e-14, atol=1e-14)
+    torch.testing.assert_close(fast(2 * x), module(2 * x), rtol=1e-14, atol=1e-14)
+
+    def refuse(_):
+        raise RuntimeError("Expected canEnableStaticRuntime(graph) to be true")
+
+    monkeypatch.setattr(torch._C, "_jit_to_static_module", refuse)
+    assert static_runtime(module, x) is module
+
+
 CALLS = [0]
 
 
@@ -419,11 +437,12 @@ def _compiled(potential: BatchedPotential, start: torch.Tensor, inverse_mass: to
 
 
 def _same_transitions(potential: BatchedPotential, start: torch.Tensor,
-                      step_size: torch.Tensor, metric, compiled, steps: int,
+                      step_size: torch.Tensor, metric, fast_path: dict, steps: int,
                       must_move: bool = True) -> set[int]:
-    """Run ``steps`` NUTS transitions with the Python driver and with ``compiled`` from
-    the same states and keys; check they agree (trees, draws, statistics, to 1e-9) and,
-    with ``must_move``, that every step moves. Returns the tree depths seen."""
+    """Run ``steps`` NUTS transitions with the Python driver leaf by leaf and with
+    ``fast_path`` (``compiled=...`` or ``leaf=...``) from the same states and keys; check
+    they agree (trees, draws, statistics, to 1e-9) and, with ``must_move``, that every
+    step moves. Returns the tree depths seen."""
     from bayesdl.inference.nuts import nuts_transition
 
     rng = ChainRNG(list(range(1, start.shape[0] + 1)))
@@ -433,7 +452,7 @@ def _same_transitions(potential: BatchedPotential, start: torch.Tensor,
         plain, plain_info = nuts_transition(rng, step, point, step_size, metric,
                                             potential.log_density_and_grad)
         fast, fast_info = nuts_transition(rng, step, point, step_size, metric,
-                                          potential.log_density_and_grad, compiled=compiled)
+                                          potential.log_density_and_grad, **fast_path)
         for mine, theirs in [(fast.position, plain.position), (fast.grad, plain.grad),
                              (fast.log_density, plain.log_density),
                              (fast_info.acceptance_rate, plain_info.acceptance_rate),
@@ -449,6 +468,57 @@ def _same_transitions(potential: BatchedPotential, start: torch.Tensor,
     return depths
 
 
+def _test_metric(dim: int, dense: bool):
+    """A diagonal or dense metric for 4 chains, far from the identity."""
+    from bayesdl.inference.integrator import diagonal_metric
+
+    scales = torch.linspace(0.5, 1.5, dim, dtype=torch.float64)
+    if not dense:
+        return diagonal_metric(scales.expand(4, -1).clone())
+    factor = torch.randn(dim, dim, dtype=torch.float64,
+                         generator=torch.Generator().manual_seed(1)) * 0.2
+    return dense_metric((factor @ factor.T + torch.diag(scales)).expand(4, -1, -1).clone())
+
+
+@pytest.mark.parametrize("model", ["eight_schools", "logistic_regression"])
+@pytest.mark.parametrize("dense", [False, True])
+def test_fused_leaf_takes_the_same_transitions(model, dense):
+    """Each leaf as one TorchScript call (leapfrog step, traced potential and leaf
+    bookkeeping, run by the Static Runtime) builds the same trees and lands on the same
+    draws as the steps called one by one."""
+    from bayesdl.device import run_context
+    from bayesdl.inference.nuts import fused_leaf
+
+    with run_context(torch.device("cpu"), torch.float64):
+        _, potential, start = _traced_for(model, chains=4, seed=0, scale=0.5)
+        metric = _test_metric(potential.dim, dense)
+        leaf = fused_leaf(potential.traced_gradient.module, start)
+        step_size = torch.tensor([0.3, 0.2, 0.4, 0.25], dtype=torch.float64)
+        if model == "logistic_regression":
+            step_size = step_size / 10
+        depths = _same_transitions(potential, start, step_size, metric, {"leaf": leaf},
+                                   steps=6)
+        assert len(depths) > 1  # trees of several depths were compared
+
+
+def test_nuts_runs_each_leaf_as_one_call_when_the_potential_is_traced(monkeypatch):
+    """The default path uses the fused leaf (and the Static Runtime where torch has it);
+    without a traced potential it takes the steps one by one."""
+    import bayesdl.inference.nuts as nuts
+
+    built = []
+    original = nuts.fused_leaf
+    monkeypatch.setattr(nuts, "fused_leaf", lambda *a: built.append(original(*a)) or built[-1])
+    bayesdl.infer("eight_schools", method="nuts", chains=2, warmup=5, draws=5, seed=1,
+                  progress=False)
+    assert len(built) == 1
+    if hasattr(torch._C, "_jit_to_static_module"):
+        assert isinstance(built[0], torch._C.StaticModule)
+    bayesdl.infer("eight_schools", method="nuts", chains=2, warmup=5, draws=5, seed=1,
+                  progress=False, potential="eager")
+    assert len(built) == 1
+
+
 @pytest.mark.parametrize("dense", [False, pytest.param(True, marks=pytest.mark.slow)])
 def test_compiled_transition_takes_the_same_transitions(dense):
     """NUTS with the whole tree compiled as one loop (potential=compile) builds the same
@@ -457,21 +527,14 @@ def test_compiled_transition_takes_the_same_transitions(dense):
     are keyed like the driver's)."""
     _require_inductor()
     from bayesdl.device import run_context
-    from bayesdl.inference.integrator import diagonal_metric
 
     with run_context(torch.device("cpu"), torch.float64):
         _, potential, start = _traced_for("eight_schools", chains=4, seed=0, scale=0.5)
-        scales = torch.linspace(0.5, 1.5, potential.dim, dtype=torch.float64)
-        if dense:
-            factor = torch.randn(potential.dim, potential.dim, dtype=torch.float64,
-                                 generator=torch.Generator().manual_seed(1)) * 0.2
-            covariance = factor @ factor.T + torch.diag(scales)
-            metric = dense_metric(covariance.expand(4, -1, -1).clone())
-        else:
-            metric = diagonal_metric(scales.expand(4, -1).clone())
+        metric = _test_metric(potential.dim, dense)
         compiled = _compiled(potential, start, metric.inverse_mass)
         step_size = torch.tensor([0.3, 0.2, 0.4, 0.25], dtype=torch.float64)
-        depths = _same_transitions(potential, start, step_size, metric, compiled, steps=6)
+        depths = _same_transitions(potential, start, step_size, metric,
+                                   {"compiled": compiled}, steps=6)
         assert len(depths) > 1  # trees of several depths were compared
 
 
@@ -526,8 +589,8 @@ def test_compiled_transition_on_posteriordb_models(model):
         compiled = _compiled(potential, start, metric.inverse_mass)
         step_size = torch.full((3,), 0.05, dtype=torch.float64)
         # (from a random start the first steps may all be rejected: no must_move)
-        _same_transitions(potential, start, step_size, metric, compiled, steps=3,
-                          must_move=False)
+        _same_transitions(potential, start, step_size, metric, {"compiled": compiled},
+                          steps=3, must_move=False)
 
 
 def test_a_failed_compilation_warns_and_runs_uncompiled(monkeypatch):

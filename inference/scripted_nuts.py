@@ -1,0 +1,129 @@
+"""A whole NUTS transition as one TorchScript call, around a traced potential.
+
+:func:`~bayesdl.inference.nuts.nuts_transition` drives the tree from Python: per leaf a
+potential call and a scripted bookkeeping call, per doubling a handful of small
+operations and a merge. Without a compiler every one of those Python steps costs
+microseconds (argument conversion, dispatch, the loop itself), about a quarter of a
+transition on small models. Here the same loops, with the same arithmetic
+(:func:`~bayesdl.inference.nuts._leaf_update`, the same merge, the same random
+numbers), are a TorchScript module with the traced potential inside, run by
+TorchScript's Static Runtime on CPU (:func:`~bayesdl.inference.traced_potential.static_runtime`):
+one call from Python per transition, no compile step. The draws equal the Python
+driver's (a test compares them tree by tree).
+
+Unlike :mod:`~bayesdl.inference.compiled_nuts` (Inductor, static shapes, masks over all
+levels) the loops here keep real control flow: a subtree stops at its first leaf where
+no chain is still building, and only the levels that start or end at a leaf are
+touched. Written by hand because no library offers a batched NUTS tree for torch.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+
+from bayesdl.inference.counter_rng import _uniform_grid
+from bayesdl.inference.integrator import apply_inverse_mass
+from bayesdl.inference.nuts_leaf import merge_subtree
+from bayesdl.inference.traced_potential import static_runtime
+
+
+@torch.jit.script
+def _trailing_zeros_scripted(n: int) -> int:
+    """Trailing zero bits of ``n > 0``."""
+    count = 0
+    while n % 2 == 0:
+        n = n // 2
+        count += 1
+    return count
+
+
+class ScriptedTree(torch.nn.Module):
+    """One NUTS tree for every chain (see the module docstring); ``gradient`` is the
+    traced ``flat -> (grad, log_density)`` with NaN already -inf."""
+
+    def __init__(self, gradient: torch.jit.ScriptModule, max_tree_depth: int,
+                 max_energy_error: float, leaf_update: Callable):
+        super().__init__()
+        self.gradient = gradient
+        self.max_tree_depth = max_tree_depth
+        self.max_energy_error = max_energy_error
+        self.leaf_update = leaf_update
+
+    def forward(self, position: torch.Tensor, log_density: torch.Tensor, grad: torch.Tensor,
+                momentum: torch.Tensor, energy0: torch.Tensor, step_size: torch.Tensor,
+                inverse_mass: torch.Tensor, keys: torch.Tensor,
+                early_uniforms: list[torch.Tensor], later_counters: list[int]):
+        """``(proposal, accept_sum, n_steps, depth, diverging)`` as the Python driver's;
+        ``early_uniforms[d]`` are doubling ``d``'s uniforms, ``later_counters`` the
+        counter-RNG counters of the doublings after those."""
+        chains, dim = position.shape
+        zeros = torch.zeros_like(log_density)
+        left = torch.cat([position, momentum, grad, log_density[:, None]], dim=1)
+        right = left
+        proposal = torch.cat([position, grad, log_density[:, None], zeros[:, None]], dim=1)
+        tree_log_weight = zeros
+        momentum_sum = momentum
+        active = torch.ones(chains, dtype=torch.bool, device=position.device)
+        diverging = torch.zeros_like(active)
+        depth = torch.zeros(chains, dtype=torch.int64, device=position.device)
+        n_steps = zeros
+        accept_sum = zeros
+        for d in range(self.max_tree_depth):
+            depth = depth + active.to(torch.int64)
+            if d < len(early_uniforms):
+                uniforms = early_uniforms[d]
+            else:
+                uniforms = _uniform_grid(keys, later_counters[d - len(early_uniforms)],
+                                         2**d + 2).to(position.dtype)
+            log_uniforms = uniforms.log()
+            going_right = log_uniforms[:, 0] < -math.log(2.0)
+            signed_step = torch.where(going_right, step_size, -step_size)[:, None]
+            half_step = 0.5 * signed_step
+            edge = torch.where(going_right[:, None], right, left)
+            leaf_position = edge[:, :dim]
+            r = edge[:, dim:2 * dim]
+            leaf_grad = edge[:, 2 * dim:3 * dim]
+            leaf_log_density = edge[:, 3 * dim]
+            sub_proposal = proposal
+            sub_log_weight = torch.full_like(zeros, -math.inf)
+            sub_momentum_sum = torch.zeros_like(momentum)
+            checkpoint_velocity = momentum.new_empty((d + 1, chains, dim))
+            checkpoint_sum = momentum.new_empty((d + 1, chains, dim))
+            building = active
+            for n in range(2**d):
+                starts = min(_trailing_zeros_scripted(n) if n > 0 else d, d)
+                ends = min(_trailing_zeros_scripted(n + 1), d)
+                r = torch.addcmul(r, half_step, leaf_grad)
+                leaf_position = torch.addcmul(leaf_position, signed_step,
+                                              apply_inverse_mass(inverse_mass, r))
+                leaf_grad, leaf_log_density = self.gradient(leaf_position)
+                (r, accept_sum, n_steps, building, diverging, sub_log_weight, sub_proposal,
+                 sub_momentum_sum) = self.leaf_update(
+                    leaf_position, r, leaf_grad, leaf_log_density, half_step, inverse_mass,
+                    energy0, accept_sum, n_steps, building, diverging, sub_log_weight,
+                    sub_proposal, sub_momentum_sum, checkpoint_velocity, checkpoint_sum,
+                    log_uniforms[:, 2 + n], starts, ends, self.max_energy_error)
+                if n + 1 < 2**d and not bool(building.any()):
+                    break
+            frontier = torch.cat([leaf_position, r, leaf_grad, leaf_log_density[:, None]],
+                                 dim=1)
+            proposal, tree_log_weight, left, right, momentum_sum, active = merge_subtree(
+                building, going_right, log_uniforms[:, 1], sub_log_weight, tree_log_weight,
+                sub_proposal, proposal, frontier, left, right, momentum_sum,
+                sub_momentum_sum, inverse_mass, dim)
+            if not bool(active.any()):
+                break
+        return proposal, accept_sum, n_steps, depth, diverging
+
+
+def scripted_tree(gradient: torch.jit.ScriptModule, max_tree_depth: int,
+                  max_energy_error: float, example: torch.Tensor) -> Callable:
+    """:class:`ScriptedTree` frozen and (on CPU) run by the Static Runtime."""
+    from bayesdl.inference.nuts import _leaf_update
+
+    module = torch.jit.script(ScriptedTree(gradient, max_tree_depth, max_energy_error,
+                                           _leaf_update))
+    return static_runtime(torch.jit.freeze(module.eval()), example)
