@@ -156,6 +156,11 @@ class ChainRNG:
         grid = _uniform_grid(self.keys, _counter(step, stream), numel)
         return grid.reshape((self.num_chains, *shape)).to(dtype)
 
+    def counters(self, step: int, streams: Sequence[int]) -> list[int]:
+        """The hash counters of ``(step, stream)`` for each stream: what code that draws
+        its own numbers (a scripted NUTS tree) passes to the scripted hash."""
+        return [_counter(step, stream) for stream in streams]
+
     def uniform_streams(self, step: int, streams: Sequence[int], sizes: Sequence[int],
                         dtype: torch.dtype = torch.float64) -> list[torch.Tensor]:
         """``[uniform(step, stream, (size,), dtype) for stream, size in ...]`` in one call:

@@ -79,7 +79,12 @@ def kinetic_energy(momentum: torch.Tensor, metric: Metric) -> torch.Tensor:
 def sample_momentum(rng: ChainRNG, step: int, stream: int, metric: Metric,
                     like: torch.Tensor) -> torch.Tensor:
     """``r ~ N(0, M)`` per chain."""
-    noise = rng.normal(step, stream, like.shape[1:], dtype=like.dtype)
+    return momentum_from_noise(rng.normal(step, stream, like.shape[1:], dtype=like.dtype),
+                               metric)
+
+
+def momentum_from_noise(noise: torch.Tensor, metric: Metric) -> torch.Tensor:
+    """``r ~ N(0, M)`` from standard normal ``noise [C, D]``."""
     if metric.dense:
         return (metric.mass_cholesky @ noise.unsqueeze(-1)).squeeze(-1)
     return noise / metric.inverse_mass.sqrt()

@@ -33,18 +33,18 @@ from bayesdl.inference.integrator import (
     Metric,
     PhasePoint,
     PotentialFn,
-    apply_inverse_mass,
     hamiltonian,
-    sample_momentum,
+    momentum_from_noise,
     velocity,
 )
 from bayesdl.inference.nuts_leaf import (
     DEPTH_STREAM,
     _trailing_zeros,
+    leaf_update,
     merge_subtree,
-    weigh_leaf,
 )
-from bayesdl.inference.traced_potential import TracedGradient, static_runtime
+from bayesdl.inference.scripted_nuts import scripted_tree
+from bayesdl.inference.traced_potential import TracedGradient
 
 MOMENTUM_STREAM = 11
 EARLY_DOUBLINGS = 5  # their random numbers are drawn in one call at the start of a tree
@@ -65,40 +65,6 @@ class NUTSInfo(NamedTuple):
 
 
 @torch.jit.script
-def _leaf_update(position: torch.Tensor, r: torch.Tensor, grad: torch.Tensor,
-                 log_density: torch.Tensor, half_step: torch.Tensor,
-                 inverse_mass: torch.Tensor, energy0: torch.Tensor, accept_sum: torch.Tensor,
-                 n_steps: torch.Tensor, building: torch.Tensor, diverging: torch.Tensor,
-                 sub_log_weight: torch.Tensor, sub_proposal: torch.Tensor,
-                 sub_momentum_sum: torch.Tensor, checkpoint_velocity: torch.Tensor,
-                 checkpoint_sum: torch.Tensor, log_u: torch.Tensor, starts: int, ends: int,
-                 max_energy_error: float):
-    """The bookkeeping of one new leaf after its gradient is known: the second half
-    momentum step, its weight, multinomial sampling inside the subtree, divergence and
-    the U-turn checks of the aligned blocks that start (``starts`` levels) or end
-    (``ends`` levels) here. Scripted: about 40 small operations run without Python
-    between them (no library offers this loop body; see the module docstring)."""
-    r = torch.addcmul(r, half_step, grad)
-    v = apply_inverse_mass(inverse_mass, r)
-    accept_sum, n_steps, diverged, diverging, sub_log_weight, sub_proposal = weigh_leaf(
-        position, r, v, grad, log_density, energy0, accept_sum, n_steps, building, diverging,
-        sub_log_weight, sub_proposal, log_u, max_energy_error)
-    if starts > 0:
-        checkpoint_velocity[1:starts + 1] = v
-        checkpoint_sum[1:starts + 1] = sub_momentum_sum
-    sub_momentum_sum = sub_momentum_sum + r
-    stop = diverged
-    if ends > 0:
-        block_sum = sub_momentum_sum - checkpoint_sum[1:ends + 1]
-        turned = torch.minimum((checkpoint_velocity[1:ends + 1] * block_sum).sum(-1),
-                               (v * block_sum).sum(-1)) <= 0
-        stop = stop | turned.any(0)
-    building = building & ~stop
-    return (r, accept_sum, n_steps, building, diverging, sub_log_weight, sub_proposal,
-            sub_momentum_sum)
-
-
-@torch.jit.script
 def _merge_subtree(merge: torch.Tensor, going_right: torch.Tensor, log_u: torch.Tensor,
                    sub_log_weight: torch.Tensor, tree_log_weight: torch.Tensor,
                    sub_proposal: torch.Tensor, proposal: torch.Tensor, position: torch.Tensor,
@@ -113,50 +79,11 @@ def _merge_subtree(merge: torch.Tensor, going_right: torch.Tensor, log_u: torch.
                          sub_momentum_sum, inverse_mass, position.shape[1])
 
 
-class _FusedLeaf(torch.nn.Module):
-    """A whole leaf in one TorchScript call: the leapfrog step, the traced potential
-    (``gradient``: ``flat -> (grad, log_density)``, NaN already -inf) and
-    :func:`_leaf_update`; also whether any chain is still building. Run by the Static
-    Runtime this is 118 -> 82 us per leaf on logistic regression against the same steps
-    called one by one from Python."""
-
-    def __init__(self, gradient: torch.jit.ScriptModule):
-        super().__init__()
-        self.gradient = gradient
-
-    def forward(self, position: torch.Tensor, r: torch.Tensor, grad: torch.Tensor,
-                signed_step: torch.Tensor, half_step: torch.Tensor, inverse_mass: torch.Tensor,
-                energy0: torch.Tensor, accept_sum: torch.Tensor, n_steps: torch.Tensor,
-                building: torch.Tensor, diverging: torch.Tensor, sub_log_weight: torch.Tensor,
-                sub_proposal: torch.Tensor, sub_momentum_sum: torch.Tensor,
-                checkpoint_velocity: torch.Tensor, checkpoint_sum: torch.Tensor,
-                log_uniforms: torch.Tensor, n: int, starts: int, ends: int,
-                max_energy_error: float):
-        r = torch.addcmul(r, half_step, grad)
-        position = torch.addcmul(position, signed_step, apply_inverse_mass(inverse_mass, r))
-        grad, log_density = self.gradient(position)
-        (r, accept_sum, n_steps, building, diverging, sub_log_weight, sub_proposal,
-         sub_momentum_sum) = _leaf_update(
-            position, r, grad, log_density, half_step, inverse_mass, energy0, accept_sum,
-            n_steps, building, diverging, sub_log_weight, sub_proposal, sub_momentum_sum,
-            checkpoint_velocity, checkpoint_sum, log_uniforms[:, 2 + n], starts, ends,
-            max_energy_error)
-        return (position, r, grad, log_density, accept_sum, n_steps, building, diverging,
-                sub_log_weight, sub_proposal, sub_momentum_sum, bool(building.any()))
-
-
-def fused_leaf(gradient: torch.jit.ScriptModule, example: torch.Tensor) -> Callable:
-    """:class:`_FusedLeaf` around a traced potential, frozen and (on CPU) run by the
-    Static Runtime; positions must have ``example``'s shape."""
-    module = torch.jit.freeze(torch.jit.script(_FusedLeaf(gradient)).eval())
-    return static_runtime(module, example)
-
-
 def nuts_transition(rng: ChainRNG, step_index: int, point: PhasePoint, step_size: torch.Tensor,
                     metric: Metric, potential_fn: PotentialFn, max_tree_depth: int = 10,
                     max_energy_error: float = 1000.0,
                     compiled: CompiledTransition | None = None,
-                    leaf: Callable | None = None) -> tuple[PhasePoint, NUTSInfo]:
+                    tree: Callable | None = None) -> tuple[PhasePoint, NUTSInfo]:
     """One NUTS draw for every chain from ``point`` (see the module docstring).
 
     The leaf loop is written for few tensor operations (it is the hot path on CPU,
@@ -164,17 +91,33 @@ def nuts_transition(rng: ChainRNG, step_index: int, point: PhasePoint, step_size
     applied arithmetically where possible, and a subtree's proposal is one packed
     tensor ``[position | grad | log_density | log_weight]``. ``compiled``, when given,
     builds the whole tree in one compiled call instead
-    (:mod:`~bayesdl.inference.compiled_nuts`), to the same draws. ``leaf``, when given
-    (:func:`fused_leaf` around the traced ``potential_fn``), takes each leaf in one call.
+    (:mod:`~bayesdl.inference.compiled_nuts`), to the same draws; so does ``tree``
+    (:func:`~bayesdl.inference.scripted_nuts.scripted_tree` around the traced
+    ``potential_fn``), one TorchScript call.
     """
     chains, dim = point.position.shape
     dtype, device = point.position.dtype, point.position.device
-    momentum = sample_momentum(rng, step_index, MOMENTUM_STREAM, metric, point.position)
+    # the momentum and one draw per doubling ([direction, merge, one per leaf]) in one
+    # hash call for the first doublings, as most trees are shallow
+    early = range(min(EARLY_DOUBLINGS, max_tree_depth))
+    uniforms = rng.uniform_streams(step_index, [MOMENTUM_STREAM, *(DEPTH_STREAM + k for k in early)],
+                                   [dim, *(2**k + 2 for k in early)], torch.float64)
+    momentum = momentum_from_noise(torch.special.ndtri(uniforms[0]).to(dtype), metric)
     energy0 = hamiltonian(point, momentum, metric)
     if compiled is not None:
         proposal, accept_sum, n_steps, depth, diverging = compiled(
             point.position, point.log_density, point.grad, momentum, energy0, step_size,
             metric.inverse_mass, rng.keys, torch.tensor(step_index, device=device))
+        return _draw(proposal, dim), NUTSInfo(
+            accept_sum / n_steps.clamp(min=1), n_steps, depth, diverging,
+            energy0 - proposal[:, 2 * dim + 1], step_size)
+    early_uniforms = [block.to(dtype) for block in uniforms[1:]]
+    if tree is not None:
+        later = rng.counters(step_index, range(DEPTH_STREAM + len(early),
+                                               DEPTH_STREAM + max_tree_depth))
+        proposal, accept_sum, n_steps, depth, diverging = tree(
+            point.position, point.log_density, point.grad, momentum, energy0, step_size,
+            metric.inverse_mass, rng.keys, early_uniforms, later)
         return _draw(proposal, dim), NUTSInfo(
             accept_sum / n_steps.clamp(min=1), n_steps, depth, diverging,
             energy0 - proposal[:, 2 * dim + 1], step_size)
@@ -192,12 +135,6 @@ def nuts_transition(rng: ChainRNG, step_index: int, point: PhasePoint, step_size
     accept_sum = zeros
     for d in range(max_tree_depth):
         depth = depth + active.to(depth.dtype)  # Stan counts the doubling even if rejected
-        # one draw per doubling: [direction, merge, one per leaf]; those of the first
-        # doublings in one call, as most trees are shallow
-        if d == 0:
-            early = range(min(EARLY_DOUBLINGS, max_tree_depth))
-            early_uniforms = rng.uniform_streams(step_index, [DEPTH_STREAM + k for k in early],
-                                                 [2**k + 2 for k in early], dtype)
         log_uniforms = (early_uniforms[d] if d < len(early_uniforms) else
                         rng.uniform(step_index, DEPTH_STREAM + d, (2**d + 2,), dtype)).log()
         going_right = log_uniforms[:, 0] < -math.log(2.0)
@@ -214,21 +151,11 @@ def nuts_transition(rng: ChainRNG, step_index: int, point: PhasePoint, step_size
         for n in range(2**d):
             starts = min(_trailing_zeros(n) if n else d, d)
             ends = min(_trailing_zeros(n + 1), d)
-            if leaf is not None:
-                (position, r, grad, log_density, accept_sum, n_steps, building, diverging,
-                 sub_log_weight, sub_proposal, sub_momentum_sum, any_building) = leaf(
-                    position, r, grad, signed_step, half_step, metric.inverse_mass, energy0,
-                    accept_sum, n_steps, building, diverging, sub_log_weight, sub_proposal,
-                    sub_momentum_sum, checkpoint_velocity, checkpoint_sum, log_uniforms, n,
-                    starts, ends, max_energy_error)
-                if not any_building:
-                    break
-                continue
             r = torch.addcmul(r, half_step, grad)
             position = torch.addcmul(position, signed_step, velocity(r, metric))
             log_density, grad = potential_fn(position)
             (r, accept_sum, n_steps, building, diverging, sub_log_weight, sub_proposal,
-             sub_momentum_sum) = _leaf_update(
+             sub_momentum_sum) = leaf_update(
                 position, r, grad, log_density, half_step, metric.inverse_mass, energy0,
                 accept_sum, n_steps, building, diverging, sub_log_weight, sub_proposal,
                 sub_momentum_sum, checkpoint_velocity, checkpoint_sum, log_uniforms[:, 2 + n],
@@ -263,8 +190,9 @@ class NUTSKernel(HamiltonianKernel):
     ``potential_fn(flat [C, D]) -> (log_density [C], grad [C, D])``. ``gradient_graph``
     (``flat -> (grad, log_density)``, a traced graph) makes every transition one
     compiled loop (:mod:`~bayesdl.inference.compiled_nuts`), compiled in :meth:`init`.
-    ``traced_gradient`` (the traced ``potential_fn`` as TorchScript) lets each leaf be
-    one call (:func:`fused_leaf`), built in :meth:`init`.
+    ``traced_gradient`` (the traced ``potential_fn`` as TorchScript) makes every
+    transition one TorchScript call (:mod:`~bayesdl.inference.scripted_nuts`), built in
+    :meth:`init`.
     """
 
     def __init__(self, potential_fn: PotentialFn, max_tree_depth: int = 10,
@@ -277,7 +205,7 @@ class NUTSKernel(HamiltonianKernel):
         self.gradient_graph = gradient_graph
         self.traced_gradient = traced_gradient
         self.compiled: CompiledTransition | None = None
-        self.leaf: Callable | None = None
+        self.tree: Callable | None = None
         self.max_tree_depth = max_tree_depth
         self.max_energy_error = max_energy_error
         self.warmup = StanWarmup(target_accept, dense_mass, adapt_step_size,
@@ -297,13 +225,14 @@ class NUTSKernel(HamiltonianKernel):
                               f"{str(error).splitlines()[0][:160] if str(error) else ''}); "
                               "running it uncompiled", stacklevel=2)
                 self.gradient_graph = None
-        if (self.compiled is None and self.leaf is None and self.traced_gradient is not None
+        if (self.compiled is None and self.tree is None and self.traced_gradient is not None
                 and self.traced_gradient.shape == position.shape):
             try:
-                self.leaf = fused_leaf(self.traced_gradient.module, position)
-            except Exception as error:  # noqa: BLE001 - TorchScript declined: leaf by leaf
-                warnings.warn(f"fusing the NUTS leaf failed ({type(error).__name__}); "
-                              "taking its steps one by one", stacklevel=2)
+                self.tree = scripted_tree(self.traced_gradient.module, self.max_tree_depth,
+                                          self.max_energy_error, position)
+            except Exception as error:  # noqa: BLE001 - TorchScript declined: from Python
+                warnings.warn(f"scripting the NUTS tree failed ({type(error).__name__}); "
+                              "building it from Python", stacklevel=2)
         return NUTSState(PhasePoint(position, log_density, grad), warmup)
 
     def step(self, rng: ChainRNG, step_index: int, state: NUTSState,
@@ -315,17 +244,17 @@ class NUTSKernel(HamiltonianKernel):
                                       adapt.metric, self.potential_fn, self.max_tree_depth,
                                       self.max_energy_error,
                                       self._compiled_for(state.point, adapt.metric),
-                                      self._leaf_for(state.point))
+                                      self._tree_for(state.point))
         if warmup:
             adapt = self.warmup.update(rng, step_index, adapt, point, info.acceptance_rate,
                                        self.potential_fn)
         return NUTSState(point, adapt), info
 
-    def _leaf_for(self, point: PhasePoint) -> Callable | None:
-        """The fused leaf if it was built for these positions' shape."""
-        if self.leaf is None or self.traced_gradient.shape != point.position.shape:
+    def _tree_for(self, point: PhasePoint) -> Callable | None:
+        """The scripted tree if it was built for these positions' shape."""
+        if self.tree is None or self.traced_gradient.shape != point.position.shape:
             return None
-        return self.leaf
+        return self.tree
 
     def _compiled_for(self, point: PhasePoint, metric: Metric) -> CompiledTransition | None:
         """The compiled transition if it was compiled for these shapes."""

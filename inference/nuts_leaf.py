@@ -48,6 +48,41 @@ def weigh_leaf(position: torch.Tensor, r: torch.Tensor, v: torch.Tensor, grad: t
     return accept_sum, n_steps, diverged, diverging, sub_log_weight, sub_proposal
 
 
+@torch.jit.script
+def leaf_update(position: torch.Tensor, r: torch.Tensor, grad: torch.Tensor,
+                 log_density: torch.Tensor, half_step: torch.Tensor,
+                 inverse_mass: torch.Tensor, energy0: torch.Tensor, accept_sum: torch.Tensor,
+                 n_steps: torch.Tensor, building: torch.Tensor, diverging: torch.Tensor,
+                 sub_log_weight: torch.Tensor, sub_proposal: torch.Tensor,
+                 sub_momentum_sum: torch.Tensor, checkpoint_velocity: torch.Tensor,
+                 checkpoint_sum: torch.Tensor, log_u: torch.Tensor, starts: int, ends: int,
+                 max_energy_error: float):
+    """The bookkeeping of one new leaf after its gradient is known: the second half
+    momentum step, its weight, multinomial sampling inside the subtree, divergence and
+    the U-turn checks of the aligned blocks that start (``starts`` levels) or end
+    (``ends`` levels) here. Scripted: about 40 small operations run without Python
+    between them (no library offers this loop body; see the module docstring). Shared
+    by the Python driver and the scripted tree (:mod:`~bayesdl.inference.scripted_nuts`)."""
+    r = torch.addcmul(r, half_step, grad)
+    v = apply_inverse_mass(inverse_mass, r)
+    accept_sum, n_steps, diverged, diverging, sub_log_weight, sub_proposal = weigh_leaf(
+        position, r, v, grad, log_density, energy0, accept_sum, n_steps, building, diverging,
+        sub_log_weight, sub_proposal, log_u, max_energy_error)
+    if starts > 0:
+        checkpoint_velocity[1:starts + 1] = v
+        checkpoint_sum[1:starts + 1] = sub_momentum_sum
+    sub_momentum_sum = sub_momentum_sum + r
+    stop = diverged
+    if ends > 0:
+        block_sum = sub_momentum_sum - checkpoint_sum[1:ends + 1]
+        turned = torch.minimum((checkpoint_velocity[1:ends + 1] * block_sum).sum(-1),
+                               (v * block_sum).sum(-1)) <= 0
+        stop = stop | turned.any(0)
+    building = building & ~stop
+    return (r, accept_sum, n_steps, building, diverging, sub_log_weight, sub_proposal,
+            sub_momentum_sum)
+
+
 def masked_leaf(gradient_graph: Callable, max_energy_error: float, position: torch.Tensor,
                  r: torch.Tensor, grad: torch.Tensor, signed_step: torch.Tensor,
                  inverse_mass: torch.Tensor, energy0: torch.Tensor, accept_sum: torch.Tensor,

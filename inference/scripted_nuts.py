@@ -5,7 +5,7 @@ potential call and a scripted bookkeeping call, per doubling a handful of small
 operations and a merge. Without a compiler every one of those Python steps costs
 microseconds (argument conversion, dispatch, the loop itself), about a quarter of a
 transition on small models. Here the same loops, with the same arithmetic
-(:func:`~bayesdl.inference.nuts._leaf_update`, the same merge, the same random
+(:func:`~bayesdl.inference.nuts_leaf.leaf_update`, the same merge, the same random
 numbers), are a TorchScript module with the traced potential inside, run by
 TorchScript's Static Runtime on CPU (:func:`~bayesdl.inference.traced_potential.static_runtime`):
 one call from Python per transition, no compile step. The draws equal the Python
@@ -26,7 +26,7 @@ import torch
 
 from bayesdl.inference.counter_rng import _uniform_grid
 from bayesdl.inference.integrator import apply_inverse_mass
-from bayesdl.inference.nuts_leaf import merge_subtree
+from bayesdl.inference.nuts_leaf import leaf_update, merge_subtree
 from bayesdl.inference.traced_potential import static_runtime
 
 
@@ -45,12 +45,11 @@ class ScriptedTree(torch.nn.Module):
     traced ``flat -> (grad, log_density)`` with NaN already -inf."""
 
     def __init__(self, gradient: torch.jit.ScriptModule, max_tree_depth: int,
-                 max_energy_error: float, leaf_update: Callable):
+                 max_energy_error: float):
         super().__init__()
         self.gradient = gradient
         self.max_tree_depth = max_tree_depth
         self.max_energy_error = max_energy_error
-        self.leaf_update = leaf_update
 
     def forward(self, position: torch.Tensor, log_density: torch.Tensor, grad: torch.Tensor,
                 momentum: torch.Tensor, energy0: torch.Tensor, step_size: torch.Tensor,
@@ -77,7 +76,7 @@ class ScriptedTree(torch.nn.Module):
                 uniforms = early_uniforms[d]
             else:
                 uniforms = _uniform_grid(keys, later_counters[d - len(early_uniforms)],
-                                         2**d + 2).to(position.dtype)
+                                         (1 << d) + 2).to(position.dtype)
             log_uniforms = uniforms.log()
             going_right = log_uniforms[:, 0] < -math.log(2.0)
             signed_step = torch.where(going_right, step_size, -step_size)[:, None]
@@ -93,7 +92,7 @@ class ScriptedTree(torch.nn.Module):
             checkpoint_velocity = momentum.new_empty((d + 1, chains, dim))
             checkpoint_sum = momentum.new_empty((d + 1, chains, dim))
             building = active
-            for n in range(2**d):
+            for n in range(1 << d):
                 starts = min(_trailing_zeros_scripted(n) if n > 0 else d, d)
                 ends = min(_trailing_zeros_scripted(n + 1), d)
                 r = torch.addcmul(r, half_step, leaf_grad)
@@ -101,12 +100,12 @@ class ScriptedTree(torch.nn.Module):
                                               apply_inverse_mass(inverse_mass, r))
                 leaf_grad, leaf_log_density = self.gradient(leaf_position)
                 (r, accept_sum, n_steps, building, diverging, sub_log_weight, sub_proposal,
-                 sub_momentum_sum) = self.leaf_update(
+                 sub_momentum_sum) = leaf_update(
                     leaf_position, r, leaf_grad, leaf_log_density, half_step, inverse_mass,
                     energy0, accept_sum, n_steps, building, diverging, sub_log_weight,
                     sub_proposal, sub_momentum_sum, checkpoint_velocity, checkpoint_sum,
                     log_uniforms[:, 2 + n], starts, ends, self.max_energy_error)
-                if n + 1 < 2**d and not bool(building.any()):
+                if n + 1 < (1 << d) and not bool(building.any()):
                     break
             frontier = torch.cat([leaf_position, r, leaf_grad, leaf_log_density[:, None]],
                                  dim=1)
@@ -122,8 +121,5 @@ class ScriptedTree(torch.nn.Module):
 def scripted_tree(gradient: torch.jit.ScriptModule, max_tree_depth: int,
                   max_energy_error: float, example: torch.Tensor) -> Callable:
     """:class:`ScriptedTree` frozen and (on CPU) run by the Static Runtime."""
-    from bayesdl.inference.nuts import _leaf_update
-
-    module = torch.jit.script(ScriptedTree(gradient, max_tree_depth, max_energy_error,
-                                           _leaf_update))
+    module = torch.jit.script(ScriptedTree(gradient, max_tree_depth, max_energy_error))
     return static_runtime(torch.jit.freeze(module.eval()), example)

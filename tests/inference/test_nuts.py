@@ -482,33 +482,36 @@ def _test_metric(dim: int, dense: bool):
 
 @pytest.mark.parametrize("model", ["eight_schools", "logistic_regression"])
 @pytest.mark.parametrize("dense", [False, True])
-def test_fused_leaf_takes_the_same_transitions(model, dense):
-    """Each leaf as one TorchScript call (leapfrog step, traced potential and leaf
-    bookkeeping, run by the Static Runtime) builds the same trees and lands on the same
-    draws as the steps called one by one."""
+def test_scripted_tree_takes_the_same_transitions(model, dense):
+    """The whole tree as one TorchScript call (traced potential inside, run by the
+    Static Runtime) builds the same trees and lands on the same draws as the Python
+    driver, with trees deep enough to draw the later doublings' numbers in the script."""
     from bayesdl.device import run_context
-    from bayesdl.inference.nuts import fused_leaf
+    from bayesdl.inference.scripted_nuts import scripted_tree
 
     with run_context(torch.device("cpu"), torch.float64):
         _, potential, start = _traced_for(model, chains=4, seed=0, scale=0.5)
         metric = _test_metric(potential.dim, dense)
-        leaf = fused_leaf(potential.traced_gradient.module, start)
+        tree = scripted_tree(potential.traced_gradient.module, 10, 1000.0, start)
         step_size = torch.tensor([0.3, 0.2, 0.4, 0.25], dtype=torch.float64)
         if model == "logistic_regression":
-            step_size = step_size / 10
-        depths = _same_transitions(potential, start, step_size, metric, {"leaf": leaf},
+            step_size = step_size / 20
+        depths = _same_transitions(potential, start, step_size, metric, {"tree": tree},
                                    steps=6)
         assert len(depths) > 1  # trees of several depths were compared
+        if model == "logistic_regression":
+            assert max(depths) > 5  # past the doublings drawn before the tree
 
 
-def test_nuts_runs_each_leaf_as_one_call_when_the_potential_is_traced(monkeypatch):
-    """The default path uses the fused leaf (and the Static Runtime where torch has it);
-    without a traced potential it takes the steps one by one."""
+def test_nuts_runs_the_tree_as_one_call_when_the_potential_is_traced(monkeypatch):
+    """The default path scripts the tree (run by the Static Runtime where torch has
+    it); without a traced potential the Python driver builds it."""
     import bayesdl.inference.nuts as nuts
 
     built = []
-    original = nuts.fused_leaf
-    monkeypatch.setattr(nuts, "fused_leaf", lambda *a: built.append(original(*a)) or built[-1])
+    original = nuts.scripted_tree
+    monkeypatch.setattr(nuts, "scripted_tree",
+                        lambda *a: built.append(original(*a)) or built[-1])
     bayesdl.infer("eight_schools", method="nuts", chains=2, warmup=5, draws=5, seed=1,
                   progress=False)
     assert len(built) == 1
@@ -517,6 +520,19 @@ def test_nuts_runs_each_leaf_as_one_call_when_the_potential_is_traced(monkeypatc
     bayesdl.infer("eight_schools", method="nuts", chains=2, warmup=5, draws=5, seed=1,
                   progress=False, potential="eager")
     assert len(built) == 1
+
+
+def test_a_failed_tree_script_warns_and_builds_the_tree_from_python(monkeypatch):
+    import bayesdl.inference.nuts as nuts
+
+    def refuse(*args):
+        raise RuntimeError("unsupported")
+
+    monkeypatch.setattr(nuts, "scripted_tree", refuse)
+    with pytest.warns(UserWarning, match="scripting the NUTS tree failed"):
+        idata = bayesdl.infer("eight_schools", method="nuts", chains=2, warmup=5, draws=5,
+                              seed=1, progress=False)
+    assert idata.posterior["mu"].shape == (2, 5)
 
 
 @pytest.mark.parametrize("dense", [False, pytest.param(True, marks=pytest.mark.slow)])
