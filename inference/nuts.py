@@ -18,7 +18,6 @@ draw costs the slowest chain's tree, not 2^max_depth leaves.
 
 from __future__ import annotations
 
-import math
 import warnings
 from collections.abc import Callable
 from typing import NamedTuple
@@ -42,6 +41,7 @@ from bayesdl.inference.nuts_leaf import (
     _trailing_zeros,
     leaf_update,
     merge_subtree,
+    start_doubling,
 )
 from bayesdl.inference.scripted_nuts import scripted_tree
 from bayesdl.inference.traced_potential import TracedGradient
@@ -137,16 +137,9 @@ def nuts_transition(rng: ChainRNG, step_index: int, point: PhasePoint, step_size
         depth = depth + active.to(depth.dtype)  # Stan counts the doubling even if rejected
         log_uniforms = (early_uniforms[d] if d < len(early_uniforms) else
                         rng.uniform(step_index, DEPTH_STREAM + d, (2**d + 2,), dtype)).log()
-        going_right = log_uniforms[:, 0] < -math.log(2.0)
-        signed_step = torch.where(going_right, step_size, -step_size)[:, None]
-        half_step = 0.5 * signed_step
-        edge = torch.where(going_right[:, None], right, left)
-        position, r, grad = edge[:, :dim], edge[:, dim:2 * dim], edge[:, 2 * dim:3 * dim]
-        sub_proposal = proposal
-        sub_log_weight = torch.full_like(zeros, -math.inf)
-        sub_momentum_sum = torch.zeros_like(momentum)
-        checkpoint_velocity = momentum.new_empty((d + 1, chains, dim))
-        checkpoint_sum = momentum.new_empty((d + 1, chains, dim))
+        (going_right, signed_step, half_step, position, r, grad, log_density, sub_proposal,
+         sub_log_weight, sub_momentum_sum, checkpoint_velocity, checkpoint_sum) = start_doubling(
+            log_uniforms, step_size, left, right, proposal, d)
         building = active
         for n in range(2**d):
             starts = min(_trailing_zeros(n) if n else d, d)

@@ -49,6 +49,26 @@ def weigh_leaf(position: torch.Tensor, r: torch.Tensor, v: torch.Tensor, grad: t
 
 
 @torch.jit.script
+def start_doubling(log_uniforms: torch.Tensor, step_size: torch.Tensor, left: torch.Tensor,
+                   right: torch.Tensor, proposal: torch.Tensor, d: int):
+    """The state a new subtree of ``2**d`` leaves starts from, for every chain: the
+    direction (``log_uniforms[:, 0]``, a fair coin), the signed step and half step, the
+    edge it grows from (position, momentum, gradient, log density), an empty subtree
+    (its proposal, log weight -inf, momentum sum 0) and room for the U-turn checkpoints
+    of its ``d + 1`` levels. Shared by the Python driver and the scripted tree."""
+    chains = left.shape[0]
+    dim = (left.shape[1] - 1) // 3
+    going_right = log_uniforms[:, 0] < -math.log(2.0)
+    signed_step = torch.where(going_right, step_size, -step_size)[:, None]
+    edge = torch.where(going_right[:, None], right, left)
+    r = edge[:, dim:2 * dim]
+    return (going_right, signed_step, 0.5 * signed_step, edge[:, :dim], r,
+            edge[:, 2 * dim:3 * dim], edge[:, 3 * dim], proposal,
+            torch.full_like(step_size, -math.inf), torch.zeros_like(r),
+            r.new_empty((d + 1, chains, dim)), r.new_empty((d + 1, chains, dim)))
+
+
+@torch.jit.script
 def leaf_update(position: torch.Tensor, r: torch.Tensor, grad: torch.Tensor,
                  log_density: torch.Tensor, half_step: torch.Tensor,
                  inverse_mass: torch.Tensor, energy0: torch.Tensor, accept_sum: torch.Tensor,

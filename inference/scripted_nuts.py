@@ -19,14 +19,13 @@ touched. Written by hand because no library offers a batched NUTS tree for torch
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 
 import torch
 
 from bayesdl.inference.counter_rng import _uniform_grid
 from bayesdl.inference.integrator import apply_inverse_mass
-from bayesdl.inference.nuts_leaf import leaf_update, merge_subtree
+from bayesdl.inference.nuts_leaf import leaf_update, merge_subtree, start_doubling
 from bayesdl.inference.traced_potential import static_runtime
 
 
@@ -78,19 +77,10 @@ class ScriptedTree(torch.nn.Module):
                 uniforms = _uniform_grid(keys, later_counters[d - len(early_uniforms)],
                                          (1 << d) + 2).to(position.dtype)
             log_uniforms = uniforms.log()
-            going_right = log_uniforms[:, 0] < -math.log(2.0)
-            signed_step = torch.where(going_right, step_size, -step_size)[:, None]
-            half_step = 0.5 * signed_step
-            edge = torch.where(going_right[:, None], right, left)
-            leaf_position = edge[:, :dim]
-            r = edge[:, dim:2 * dim]
-            leaf_grad = edge[:, 2 * dim:3 * dim]
-            leaf_log_density = edge[:, 3 * dim]
-            sub_proposal = proposal
-            sub_log_weight = torch.full_like(zeros, -math.inf)
-            sub_momentum_sum = torch.zeros_like(momentum)
-            checkpoint_velocity = momentum.new_empty((d + 1, chains, dim))
-            checkpoint_sum = momentum.new_empty((d + 1, chains, dim))
+            (going_right, signed_step, half_step, leaf_position, r, leaf_grad,
+             leaf_log_density, sub_proposal, sub_log_weight, sub_momentum_sum,
+             checkpoint_velocity, checkpoint_sum) = start_doubling(
+                log_uniforms, step_size, left, right, proposal, d)
             building = active
             for n in range(1 << d):
                 starts = min(_trailing_zeros_scripted(n) if n > 0 else d, d)
