@@ -12,8 +12,14 @@ which blocks start or end at leaf n is known from n alone, so the bookkeeping is
 vectorised over levels. Random numbers are keyed per chain (ChainRNG), so a chain's
 draws do not depend on the other chains.
 
-The host reads one boolean per leaf (whether any chain is still building) so that a
+The loop reads one boolean per leaf (whether any chain is still building) so that a
 draw costs the slowest chain's tree, not 2^max_depth leaves.
+
+Three drivers build the same trees to the same draws: this module's Python loop (any
+potential, e.g. a model that cannot be traced), the same loop as one TorchScript call
+around a traced potential (:mod:`~bayesdl.inference.scripted_nuts`, the default), and
+one Inductor-compiled loop (:mod:`~bayesdl.inference.compiled_nuts`,
+``potential=compile``).
 """
 
 from __future__ import annotations

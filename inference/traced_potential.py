@@ -4,7 +4,7 @@ Evaluating a Pyro model runs its Python code and Pyro's handlers on every call: 
 2.5 ms for eight schools, whatever the number of chains. Gradient-based samplers call
 it thousands of times, so we trace ``vmap(grad_and_value(log_density))`` once with
 ``make_fx`` into a graph of ATen operations, simplify that graph, and run it with
-TorchScript's interpreter (about 10x faster than Pyro here, no compile step).
+TorchScript's Static Runtime (about 10x faster than Pyro here, no compile step).
 :func:`compile_graph` hands a traced graph (or a bigger function built around one, as
 the whole NUTS transition) to Inductor instead: fused kernels, seconds of compilation per model
 (cached on disk); it is the ``compile`` choice, for long runs.
@@ -15,7 +15,9 @@ constant folding (everything that depends only on the data), triangular solves w
 constant matrix turned into products with its inverse, removal of additions of zeros
 and other identities, common-subexpression elimination, and elementary algebra on the
 constants that are left (:mod:`~bayesdl.inference.graph_algebra`: a third fewer
-operations on eight schools and logistic regression).
+operations on eight schools and logistic regression). While tracing, composite losses
+run in their shortest exact form (:mod:`~bayesdl.inference.lean_composites`: a logistic
+likelihood is ``softplus``, not a dozen exp/log/max operations).
 
 A traced graph fixes Python control flow at the point it was traced: a model that
 branches on a latent value, or draws its own random numbers, would be wrong elsewhere.
