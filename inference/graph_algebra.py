@@ -15,6 +15,9 @@ CPU whatever its size, which is most of a small model's gradient. The rewrites:
   reduction moves out of it first.
 - *Products with data*: ``vmap``'s ``(X @ w^T)^T`` becomes ``w @ X^T`` with ``X^T``
   made once, and a batch of vectors times a constant matrix one ``mm``.
+- *Impossible masks*: a support check that can never fire (``HalfCauchy``'s
+  ``value < 0`` on ``exp`` of an unconstrained scale) goes, with its ``masked_fill`` in
+  the density and in the gradient: eight schools' gradient 38 -> 32 us.
 
 By default what is rewritten depends only on the graph, never on the values of its
 tensors: a constant computed from tensors (the data, or a prior's parameters) stays a
@@ -473,8 +476,72 @@ def _batched_vector_products(gm: fx.GraphModule, constants: _Constants) -> None:
     gm.graph.eliminate_dead_code()
 
 
+# ----------------------------------------------------------------- impossible masks
+_NONNEGATIVE = {aten.exp.default, aten.sigmoid.default, aten.softplus.default,
+                aten.abs.default, aten.sqrt.default, aten.relu.default}
+"""Operations whose result is never below zero (it may be NaN, which compares false)."""
+
+
+def _nonnegative(arg: object, constants: _Constants, depth: int = 4) -> bool:
+    """Whether ``arg`` is never below zero: a nonnegative number (or, when values may
+    count, a tensor constant), one of :data:`_NONNEGATIVE`, an even power, or a product,
+    quotient or sum of such (a few levels deep)."""
+    value = constants.value(arg)
+    if value is not None:
+        if isinstance(value, torch.Tensor):
+            return constants.values and bool((value >= 0).all())
+        return value >= 0
+    if depth == 0 or not isinstance(arg, fx.Node) or arg.op != "call_function" \
+            or arg.kwargs:
+        return False
+    if arg.target in _NONNEGATIVE:
+        return True
+    if arg.target is aten.pow.Tensor_Scalar:
+        exponent = arg.args[1]
+        return isinstance(exponent, (int, float)) and float(exponent) % 2 == 0
+    if arg.target in (aten.mul.Tensor, aten.div.Tensor, aten.add.Tensor) \
+            and len(arg.args) == 2:
+        return all(_nonnegative(a, constants, depth - 1) for a in arg.args)
+    return False
+
+
+def _never_true(mask: object, constants: _Constants) -> bool:
+    """Whether a boolean mask is ``x < c`` (``c <= 0``) or ``x <= c`` (``c < 0``) of an
+    ``x`` that is never below zero: a support check such as ``HalfCauchy``'s
+    ``value < 0`` on ``exp`` of an unconstrained latent."""
+    if not (isinstance(mask, fx.Node) and mask.op == "call_function" and not mask.kwargs
+            and len(mask.args) == 2 and isinstance(mask.args[1], (int, float))
+            and not isinstance(mask.args[1], bool)):
+        return False
+    bound = float(mask.args[1])
+    if mask.target is aten.lt.Scalar:
+        return bound <= 0 and _nonnegative(mask.args[0], constants)
+    if mask.target is aten.le.Scalar:
+        return bound < 0 and _nonnegative(mask.args[0], constants)
+    return False
+
+
+def _drop_impossible_masks(gm: fx.GraphModule, constants: _Constants) -> None:
+    """``masked_fill(y, mask, v)`` is ``y``, and ``where(mask, a, b)`` is ``b``, when the
+    mask can never be true (:func:`_never_true`): exact for every input, NaN included."""
+    for node in list(gm.graph.nodes):
+        if node.op != "call_function" or node.kwargs:
+            continue
+        if node.target in (aten.masked_fill.Scalar, aten.masked_fill.Tensor) \
+                and len(node.args) == 3 and _never_true(node.args[1], constants):
+            node.replace_all_uses_with(node.args[0])
+        elif node.target is aten.where.self and len(node.args) == 3 \
+                and _never_true(node.args[0], constants):
+            kept, result = _val(node.args[2]), _val(node)
+            if (kept is not None and result is not None and kept.shape == result.shape
+                    and kept.dtype == result.dtype):
+                node.replace_all_uses_with(node.args[2])
+    gm.graph.eliminate_dead_code()
+
+
 def simplify_algebra(gm: fx.GraphModule, values: bool = False) -> None:
-    """Combine the constants of affine chains, then of sums (see the module docstring).
+    """Drop impossible masks, then combine the constants of products, affine chains and
+    sums (see the module docstring).
 
     ``values``: let tensor values shape the graph too (a tensor of zeros or ones is an
     identity, a tensor of equal elements a number in the code): a few more operations
@@ -482,6 +549,7 @@ def simplify_algebra(gm: fx.GraphModule, values: bool = False) -> None:
     for graphs that are not compiled and cached (the TorchScript ones).
     """
     constants = _Constants(gm, values)
+    _drop_impossible_masks(gm, constants)
     _untranspose_products(gm, constants)
     _batched_vector_products(gm, constants)
     _compose_affine_chains(gm, constants)

@@ -204,3 +204,31 @@ def test_folding_values_too_removes_more_and_keeps_the_values():
     assert "aten.sub.Tensor" not in _operations(folded)  # x - 0 is gone
     point = torch.randn(3, 6, dtype=DTYPE, generator=torch.Generator().manual_seed(8))
     torch.testing.assert_close(folded(point), log_density(point), rtol=1e-12, atol=1e-12)
+
+
+def test_support_masks_that_cannot_fire_are_dropped():
+    """``HalfCauchy(2).log_prob(exp(u)) + u`` (a scale parameter on unconstrained space):
+    torch masks ``value < 0`` with -inf in the density and 0 in its gradient; ``exp`` is
+    never below zero, so both masks go, exactly, also where ``exp`` underflows to 0. A
+    mask on a value that can be negative stays."""
+    from torch.func import grad_and_value, vmap
+
+    half_cauchy = torch.distributions.HalfCauchy(torch.tensor(2.0, dtype=DTYPE),
+                                                 validate_args=False)
+
+    def scale_density(u):
+        return (half_cauchy.log_prob(torch.exp(u)) + u).sum()
+
+    def plain_density(x):
+        return half_cauchy.log_prob(x).sum()
+
+    gradient = vmap(grad_and_value(scale_density))
+    example = torch.zeros(4, 3, dtype=DTYPE)
+    ops = _check(gradient, example)
+    assert not any("masked_fill" in op or op.startswith("aten.lt") for op in ops), ops
+    graph = trace_graph(gradient, example)
+    tails = torch.tensor([[-800.0, -30.0, 0.0], [30.0, 700.0, -1e-3]] * 2, dtype=DTYPE)
+    for mine, theirs in zip(graph(tails), gradient(tails), strict=True):
+        torch.testing.assert_close(mine, theirs, rtol=1e-12, atol=1e-12)
+    kept = _check(vmap(grad_and_value(plain_density)), example + 1)
+    assert any("masked_fill" in op or "where" in op for op in kept), kept
