@@ -3,8 +3,8 @@
 :func:`~bayesdl.inference.nuts.nuts_transition` drives the tree from Python: per leaf a
 potential call and a scripted bookkeeping call, per doubling a handful of small
 operations and a merge. Without a compiler every one of those Python steps costs
-microseconds (argument conversion, dispatch, the loop itself), about a quarter of a
-transition on small models. Here the same loops, with the same arithmetic
+microseconds (argument conversion, dispatch, the loop itself): a third of a transition
+on logistic regression (25.4 ms from Python, 16.4 ms here). Here the same loops, with the same arithmetic
 (:func:`~bayesdl.inference.nuts_leaf.leaf_update`, the same merge, the same random
 numbers), are a TorchScript module with the traced potential inside, run by
 TorchScript's Static Runtime on CPU (:func:`~bayesdl.inference.traced_potential.static_runtime`):
