@@ -29,16 +29,6 @@ from bayesdl.inference.nuts_leaf import leaf_update, merge_subtree, start_doubli
 from bayesdl.inference.traced_potential import static_runtime
 
 
-@torch.jit.script
-def _trailing_zeros_scripted(n: int) -> int:
-    """Trailing zero bits of ``n > 0``."""
-    count = 0
-    while n % 2 == 0:
-        n = n // 2
-        count += 1
-    return count
-
-
 class ScriptedTree(torch.nn.Module):
     """One NUTS tree for every chain (see the module docstring); ``gradient`` is the
     traced ``flat -> (grad, log_density)`` with NaN already -inf."""
@@ -49,6 +39,10 @@ class ScriptedTree(torch.nn.Module):
         self.gradient = gradient
         self.max_tree_depth = max_tree_depth
         self.max_energy_error = max_energy_error
+        # levels whose aligned blocks start at leaf n: trailing zeros of n (every level
+        # at n = 0); a table, so the loop has no branches for it (each costs microseconds)
+        self.levels = [max_tree_depth] + [(n & -n).bit_length() - 1
+                                          for n in range(1, 2**max_tree_depth + 1)]
 
     def forward(self, position: torch.Tensor, log_density: torch.Tensor, grad: torch.Tensor,
                 momentum: torch.Tensor, energy0: torch.Tensor, step_size: torch.Tensor,
@@ -83,8 +77,8 @@ class ScriptedTree(torch.nn.Module):
                 log_uniforms, step_size, left, right, proposal, d)
             building = active
             for n in range(1 << d):
-                starts = min(_trailing_zeros_scripted(n) if n > 0 else d, d)
-                ends = min(_trailing_zeros_scripted(n + 1), d)
+                starts = min(self.levels[n], d)
+                ends = min(self.levels[n + 1], d)
                 r = torch.addcmul(r, half_step, leaf_grad)
                 leaf_position = torch.addcmul(leaf_position, signed_step,
                                               apply_inverse_mass(inverse_mass, r))
@@ -95,7 +89,7 @@ class ScriptedTree(torch.nn.Module):
                     energy0, accept_sum, n_steps, building, diverging, sub_log_weight,
                     sub_proposal, sub_momentum_sum, checkpoint_velocity, checkpoint_sum,
                     log_uniforms[:, 2 + n], starts, ends, self.max_energy_error)
-                if n + 1 < (1 << d) and not bool(building.any()):
+                if not bool(building.any()):  # (also at the last leaf: one branch fewer)
                     break
             frontier = torch.cat([leaf_position, r, leaf_grad, leaf_log_density[:, None]],
                                  dim=1)
