@@ -108,7 +108,10 @@ def test_correlated_gaussian_moments(kernel_name):
     if kernel_name.startswith("nuts"):
         kernel = NUTSKernel(potential, dense_mass=dense)
     else:
-        kernel = HMCKernel(potential, trajectory_length=3.0)
+        # the default trajectory length (2 pi): 3.0 is near-resonant with the two slow
+        # directions here (bulk ESS 66-104 of 2400 draws), so which side of the ESS
+        # guard it fell on depended on the CPU's rounding (it failed on an AMD EPYC)
+        kernel = HMCKernel(potential)
     rng = ChainRNG([chain_seed(3, c) for c in range(4)])
     start = torch.zeros(4, 5, dtype=torch.float64)
     draws, stats, _ = run_kernel(kernel, rng, start, potential(start)[0], 300, 600,
