@@ -2,7 +2,8 @@
 
     python bench/bench_nuts.py                 # everything, prints a Markdown table
     python bench/bench_nuts.py --quick         # shorter runs, a smoke test
-    python bench/bench_nuts.py --device cuda   # our kernels on the GPU (peers stay on CPU)
+    python bench/bench_nuts.py --device cuda   # our kernels on the GPU (Pyro on CPU)
+    bash bench/gpu_check.sh                    # the GPU rows in one device call (see there)
 
 Posteriors: eight schools (non-centred), Bayesian logistic regression on the bundled
 breast-cancer data (standardised, N(0, 1) priors on 30 weights and the intercept), and
@@ -35,12 +36,15 @@ CONFIGS = {
                                     1000),
     "bayesdl_nuts_eager_4": ("bayesdl nuts, potential=eager (4 chains)", 4, 1000, 1000),
     "bayesdl_chees_1024": ("bayesdl chees (1024 chains batched)", 1024, 500, 100),
+    "bayesdl_chees_nograph_1024": ("bayesdl chees, cuda_graph=false (1024 chains batched)", 1024,
+                                   500, 100),
     "bayesdl_chees_compile_1024": ("bayesdl chees, potential=compile, cold cache (1024 chains)",
                                    1024, 500, 100),
     "bayesdl_nuts_1024": ("bayesdl nuts (1024 chains batched)", 1024, 500, 100),
     "numpyro_nuts_1024": ("NumPyro NUTS (1024 chains vectorized)", 1024, 500, 100),
 }
-OPTIONAL = ("bayesdl_nuts_eager_4", "bayesdl_nuts_1024")  # what tracing gives; NUTS x 1024 on CPU
+# what tracing gives; NUTS x 1024 on CPU; ChEES without CUDA graphs (the same as with, on CPU)
+OPTIONAL = ("bayesdl_nuts_eager_4", "bayesdl_nuts_1024", "bayesdl_chees_nograph_1024")
 # Pyro's NUTS on the 100-d Gaussian: an earlier session's rows went past the 20-minute
 # limit (the plain one took 107 s on 2026-11-22): left out unless named in --configs
 # and --posteriors
@@ -135,7 +139,7 @@ def run_one(config: str, posterior: str, quick: bool, device: str) -> dict:
         samples = {k: np.asarray(v) for k, v in mcmc.get_samples(group_by_chain=True).items()}
         wall = time.perf_counter() - started
         posterior_draws = az.from_dict(posterior=samples).posterior
-        numpyro_version = numpyro.__version__
+        numpyro_version = f"{numpyro.__version__} on {jax.default_backend()}"
     else:
         # torch's compiler stack is imported lazily at first use (torch.func imports
         # Dynamo, ~1 s; potential=compile also Inductor, ~1 s); import it untimed, as
@@ -150,6 +154,8 @@ def run_one(config: str, posterior: str, quick: bool, device: str) -> dict:
         options = {"backend": "pyro"} if config.startswith("pyro") else {}
         if "jit" in config:
             options["jit"] = True
+        if "nograph" in config:
+            options["cuda_graph"] = False
         for evaluation in ("compile", "eager"):
             if f"_{evaluation}_" in config:
                 options["potential"] = evaluation
@@ -186,6 +192,7 @@ def main() -> None:
     parser.add_argument("--configs", default=",".join(c for c in CONFIGS if c not in OPTIONAL),
                         help=f"comma-separated subset (default: all but {', '.join(OPTIONAL)})")
     parser.add_argument("--posteriors", default=",".join(POSTERIORS), help="comma-separated subset")
+    parser.add_argument("--jsonl", help="append each finished row to this file as it ends")
     ns = parser.parse_args()
     asked = {arg.split("=", 1)[0] for arg in sys.argv[1:]}
     named = "--configs" in asked and "--posteriors" in asked
@@ -219,6 +226,9 @@ def main() -> None:
                 print(f"  {posterior} {config} failed:\n{out.stderr[-2000:]}", file=sys.stderr)
                 continue
             rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+            if ns.jsonl:
+                with open(ns.jsonl, "a") as stream:
+                    stream.write(json.dumps(rows[-1]) + "\n")
             print(f"  {posterior:20} {config:20} {rows[-1].get('wall_s', float('nan')):7.1f} s",
                   file=sys.stderr)
     import torch

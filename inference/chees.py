@@ -22,6 +22,7 @@ NUTS); the seeding contract is per run: the same seed and chain count give the s
 from __future__ import annotations
 
 import math
+import warnings
 from typing import NamedTuple
 
 import torch
@@ -40,6 +41,8 @@ from bayesdl.inference.integrator import (
     velocity,
 )
 from bayesdl.inference.step_size import reasonable_step_size
+from bayesdl.inference.traced_potential import TracedGradient
+from bayesdl.inference.trajectory import Trajectory, leapfrog_trajectory
 from bayesdl.inference.warmup_schedule import slow_windows
 
 BETA1, BETA2 = 0.0, 0.5  # Adam's moment decay rates for log T
@@ -87,13 +90,23 @@ class ChEESInfo(NamedTuple):
 
 
 class ChEESKernel(HamiltonianKernel):
-    """Batched ChEES-HMC; ``potential_fn(flat [C, D]) -> (log_density [C], grad [C, D])``."""
+    """Batched ChEES-HMC; ``potential_fn(flat [C, D]) -> (log_density [C], grad [C, D])``.
+
+    ``traced_gradient`` (the traced ``potential_fn`` as TorchScript) makes each
+    transition's trajectory one call (:mod:`~bayesdl.inference.trajectory`: TorchScript
+    on CPU, a CUDA graph on GPU unless ``cuda_graph`` is false), built in :meth:`init`,
+    to the same draws.
+    """
 
     def __init__(self, potential_fn: PotentialFn, target_accept: float = 0.651,
                  init_step_size: float = 0.1, init_trajectory_length: float = 1.0,
                  learning_rate: float = 0.025, max_steps: int = 1000,
-                 max_energy_error: float = 1000.0):
+                 max_energy_error: float = 1000.0,
+                 traced_gradient: TracedGradient | None = None, cuda_graph: bool = True):
         self.potential_fn = potential_fn
+        self.traced_gradient = traced_gradient
+        self.cuda_graph = cuda_graph
+        self.trajectory: Trajectory | None = None
         self.target_accept = target_accept
         self.init_step_size = init_step_size
         self.init_trajectory_length = init_trajectory_length
@@ -103,6 +116,14 @@ class ChEESKernel(HamiltonianKernel):
 
     def init(self, position: torch.Tensor, log_density: torch.Tensor, num_warmup: int) -> ChEESState:
         log_density, grad = self.potential_fn(position)
+        if (self.trajectory is None and self.traced_gradient is not None
+                and self.traced_gradient.shape == position.shape):
+            try:
+                self.trajectory = leapfrog_trajectory(self.traced_gradient.module, position,
+                                                      torch.ones_like(position), self.cuda_graph)
+            except Exception as error:  # noqa: BLE001 - TorchScript declined: from Python
+                warnings.warn(f"scripting the leapfrog trajectory failed ({type(error).__name__}); "
+                              "stepping from Python", stacklevel=2)
         log_step = math.log(self.init_step_size)
         return ChEESState(
             point=PhasePoint(position, log_density, grad),
@@ -127,9 +148,14 @@ class ChEESKernel(HamiltonianKernel):
         momentum = sample_momentum(rng, step_index, MOMENTUM_STREAM, metric, point0.position)
         energy0 = hamiltonian(point0, momentum, metric)
         eps = torch.full_like(energy0, step_size)
-        point, r = point0, momentum
-        for _ in range(steps):
-            point, r = leapfrog(point, r, eps, metric, self.potential_fn)
+        if self.trajectory is not None and point0.position.shape == self.traced_gradient.shape:
+            position, log_density, grad, r = self.trajectory(
+                point0.position, momentum, point0.grad, eps, metric.inverse_mass, steps)
+            point = PhasePoint(position, log_density, grad)
+        else:
+            point, r = point0, momentum
+            for _ in range(steps):
+                point, r = leapfrog(point, r, eps, metric, self.potential_fn)
         energy = hamiltonian(point, r, metric)
         log_ratio = torch.nan_to_num(energy0 - energy, nan=-math.inf)
         accept_prob = log_ratio.clamp(max=0).exp()

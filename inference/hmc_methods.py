@@ -59,7 +59,8 @@ class HMCOptions:
 @dataclass
 class ChEESOptions:
     """Options of ``--method chees`` (ChEES-HMC, for many chains): ``target_accept`` is
-    for the harmonic mean of the chains' acceptance probabilities."""
+    for the harmonic mean of the chains' acceptance probabilities; ``cuda_graph``: on a
+    GPU, replay each leapfrog step as one CUDA graph (false: launch it op by op)."""
 
     target_accept: float = 0.651
     init_step_size: float = 0.1
@@ -68,6 +69,7 @@ class ChEESOptions:
     max_steps: int = 1000
     potential: str = "auto"
     backend: str = "bayesdl"
+    cuda_graph: bool = True
 
 
 def _check(options, name: str) -> None:
@@ -101,9 +103,10 @@ def hmc_kernel(options: HMCOptions, potential_fn) -> HMCKernel:
                      init_step_size=options.init_step_size)
 
 
-def chees_kernel(options: ChEESOptions, potential_fn) -> ChEESKernel:
+def chees_kernel(options: ChEESOptions, potential_fn, traced_gradient=None) -> ChEESKernel:
     return ChEESKernel(potential_fn, options.target_accept, options.init_step_size,
-                       options.init_trajectory_length, options.learning_rate, options.max_steps)
+                       options.init_trajectory_length, options.learning_rate, options.max_steps,
+                       traced_gradient=traced_gradient, cuda_graph=options.cuda_graph)
 
 
 def _run(spec: ModelSpec, options, settings: RunSettings, name: str,
@@ -114,9 +117,9 @@ def _run(spec: ModelSpec, options, settings: RunSettings, name: str,
 
     def make_kernel(potential: BatchedPotential):
         if options.potential != "compile" or potential.gradient_graph is None:
-            if build is nuts_kernel:  # each leaf one TorchScript call, potential inside
-                return nuts_kernel(options, potential.log_density_and_grad,
-                                   traced_gradient=potential.traced_gradient)
+            if build in (nuts_kernel, chees_kernel):  # tree / trajectory as one call
+                return build(options, potential.log_density_and_grad,
+                             traced_gradient=potential.traced_gradient)
             return build(options, potential.log_density_and_grad)
         if build is nuts_kernel:  # the whole leaf is compiled, the potential inside it
             return nuts_kernel(options, potential.log_density_and_grad, potential.gradient_graph)

@@ -232,3 +232,32 @@ def test_support_masks_that_cannot_fire_are_dropped():
         torch.testing.assert_close(mine, theirs, rtol=1e-12, atol=1e-12)
     kept = _check(vmap(grad_and_value(plain_density)), example + 1)
     assert any("masked_fill" in op or "where" in op for op in kept), kept
+
+
+def test_a_tensor_plus_a_product_becomes_one_addmm():
+    """``b + w @ X^T`` (a linear predictor with its intercept) and ``g + r @ X`` (two
+    gradient terms) each become one ``addmm``, with the values of the sums."""
+    data = torch.randn(7, 3, dtype=DTYPE, generator=torch.Generator().manual_seed(2))
+
+    def predictor_and_gradient(flat):
+        intercept, weights = flat[:, :1], flat[:, 1:]
+        logits = intercept + weights @ data.T
+        return torch.tanh(logits) @ data + weights * 0.5
+
+    ops = _check(predictor_and_gradient, torch.zeros(4, 4, dtype=DTYPE))
+    assert ops.count("aten.addmm.default") == 2, ops
+    assert "aten.mm.default" not in ops, ops
+
+
+def test_a_nan_log_density_reads_as_minus_inf_and_infinities_stay():
+    """The traced graph's NaN -> -inf step (one ``nan_to_num``) leaves +-inf and finite
+    values as they are."""
+    from bayesdl.inference.traced_potential import nan_log_density_to_minus_inf
+
+    def log_density(x):
+        return torch.log(x[:, 0]) + x[:, 1]  # log of a negative number is NaN
+
+    graph = trace_graph(log_density, torch.ones(4, 2, dtype=DTYPE))
+    nan_log_density_to_minus_inf(graph)
+    point = torch.tensor([[-1.0, 0.0], [0.0, 1.0], [2.0, math.inf], [1.0, 3.0]], dtype=DTYPE)
+    assert graph(point).tolist() == [-math.inf, -math.inf, math.inf, 3.0]

@@ -1,0 +1,135 @@
+"""ChEES's trajectory as one call (inference/trajectory.py) against the Python leapfrog
+loop it replaces: the same arithmetic, so the same draws, bit for bit; and on CUDA
+(when a GPU is present) the CUDA-graph replay against the same loop."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from test_nuts import _test_metric, _traced_for
+
+import bayesdl
+from bayesdl.device import run_context
+from bayesdl.inference.chees import ChEESKernel
+from bayesdl.inference.counter_rng import ChainRNG
+from bayesdl.inference.driver import run_kernel
+from bayesdl.inference.integrator import PhasePoint, leapfrog
+from bayesdl.inference.trajectory import GraphedLeapfrogs, leapfrog_trajectory
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread(one_torch_thread):
+    """Every test here runs on one torch thread (see tests/conftest.py)."""
+
+
+def _python_leapfrogs(potential_fn, position, momentum, step_size, metric, steps):
+    point = PhasePoint(position, *potential_fn(position))
+    for _ in range(steps):
+        point, momentum = leapfrog(point, momentum, step_size, metric, potential_fn)
+    return point, momentum
+
+
+def _compare(trajectory, potential_fn, start, metric, step_size, steps, exact=True):
+    momentum = torch.randn(start.shape, dtype=start.dtype,
+                           generator=torch.Generator().manual_seed(5)).to(start.device)
+    point, r = _python_leapfrogs(potential_fn, start, momentum, step_size, metric, steps)
+    _, grad0 = potential_fn(start)
+    position, log_density, grad, r_fast = trajectory(start, momentum, grad0, step_size,
+                                                     metric.inverse_mass, steps)
+    assert not torch.equal(position, start)  # it moved
+    for mine, theirs in [(position, point.position), (log_density, point.log_density),
+                         (grad, point.grad), (r_fast, r)]:
+        if exact:
+            assert torch.equal(mine, theirs)
+        else:
+            torch.testing.assert_close(mine, theirs, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("model", ["eight_schools", "logistic_regression"])
+@pytest.mark.parametrize("dense", [False, True])
+def test_scripted_trajectory_equals_the_python_leapfrog_loop(model, dense):
+    with run_context(torch.device("cpu"), torch.float64):
+        _, potential, start = _traced_for(model, chains=4, seed=0, scale=0.5)
+        metric = _test_metric(potential.dim, dense)
+        trajectory = leapfrog_trajectory(potential.traced_gradient.module, start,
+                                         metric.inverse_mass)
+        # signed per-chain steps, as NUTS and ChEES give them
+        step_size = torch.tensor([0.05, -0.03, 0.04, 0.02], dtype=torch.float64)
+        for steps in (1, 7):
+            _compare(trajectory, potential.log_density_and_grad, start, metric, step_size,
+                     steps)
+
+
+def test_chees_takes_the_same_draws_with_the_trajectory_as_one_call():
+    """ChEES with its trajectory scripted lands on the draws of the Python loop, warm-up
+    (step size, trajectory length, metric) included."""
+    with run_context(torch.device("cpu"), torch.float64):
+        _, potential, start = _traced_for("eight_schools", chains=64, seed=1, scale=1.0)
+        runs = []
+        for traced in (None, potential.traced_gradient):
+            kernel = ChEESKernel(potential.log_density_and_grad, traced_gradient=traced)
+            rng = ChainRNG(list(range(64)))
+            draws, stats, _ = run_kernel(kernel, rng, start, potential.log_density(start),
+                                         60, 20, progress=False)
+            assert (kernel.trajectory is not None) == (traced is not None)
+            runs.append((draws, stats))
+        (plain, plain_stats), (fast, fast_stats) = runs
+        assert torch.equal(plain, fast)
+        assert torch.equal(plain_stats["step_size"], fast_stats["step_size"])
+        assert torch.equal(plain_stats["n_steps"], fast_stats["n_steps"])
+        assert not torch.equal(plain[0], plain[-1])
+
+
+def test_chees_method_uses_the_trajectory_when_the_potential_is_traced(monkeypatch):
+    import bayesdl.inference.chees as chees
+
+    built = []
+    original = chees.leapfrog_trajectory
+    monkeypatch.setattr(chees, "leapfrog_trajectory",
+                        lambda *a: built.append(original(*a)) or built[-1])
+    bayesdl.infer("eight_schools", method="chees", chains=16, warmup=10, draws=5, seed=1,
+                  progress=False)
+    assert len(built) == 1
+    bayesdl.infer("eight_schools", method="chees", chains=16, warmup=10, draws=5, seed=1,
+                  progress=False, potential="eager")
+    assert len(built) == 1
+
+
+def test_a_failed_trajectory_script_warns_and_steps_from_python(monkeypatch):
+    import bayesdl.inference.chees as chees
+
+    def refuse(*args):
+        raise RuntimeError("unsupported")
+
+    monkeypatch.setattr(chees, "leapfrog_trajectory", refuse)
+    with pytest.warns(UserWarning, match="scripting the leapfrog trajectory failed"):
+        idata = bayesdl.infer("eight_schools", method="chees", chains=16, warmup=10, draws=5,
+                              seed=1, progress=False)
+    assert idata.posterior["mu"].shape == (16, 5)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("model", ["eight_schools", "logistic_regression"])
+def test_cuda_graph_trajectory_equals_the_python_leapfrog_loop(model):
+    """On CUDA the trajectory is one leapfrog step captured as a CUDA graph, replayed;
+    it must land where the Python loop on the same device lands."""
+    device = torch.device("cuda")
+    with run_context(device, torch.float64):
+        from bayesdl.inference.potential import BatchedPotential
+        from bayesdl.model_source import load_model_spec
+
+        spec = load_model_spec(model, None, {}, device, torch.float64)
+        potential = BatchedPotential(spec.model, spec.data)
+        start = (torch.randn(1024, potential.dim, dtype=torch.float64,
+                             generator=torch.Generator().manual_seed(0)) * 0.5).to(device)
+        assert potential.accelerate(torch.zeros_like(start), "auto")
+        metric = _test_metric(potential.dim, False)
+        metric = metric._replace(inverse_mass=metric.inverse_mass[:1].expand(1024, -1)
+                                 .contiguous().to(device))
+        trajectory = leapfrog_trajectory(potential.traced_gradient.module, start,
+                                         metric.inverse_mass)
+        assert isinstance(trajectory, GraphedLeapfrogs)
+        step_size = torch.full((1024,), 0.01, dtype=torch.float64, device=device)
+        for steps in (1, 9):
+            _compare(trajectory, potential.log_density_and_grad, start, metric, step_size,
+                     steps, exact=False)
