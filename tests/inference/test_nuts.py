@@ -18,6 +18,7 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
+from fast_path_check import built_once_when_traced, failed_build_warns
 from posteriordb_check import check_kernel_against_reference
 from test_random_walk import (
     NOISE,
@@ -511,31 +512,16 @@ def test_nuts_runs_the_tree_as_one_call_when_the_potential_is_traced(monkeypatch
     it); without a traced potential the Python driver builds it."""
     import bayesdl.inference.nuts as nuts
 
-    built = []
-    original = nuts.scripted_tree
-    monkeypatch.setattr(nuts, "scripted_tree",
-                        lambda *a: built.append(original(*a)) or built[-1])
-    bayesdl.infer("eight_schools", method="nuts", chains=2, warmup=5, draws=5, seed=1,
-                  progress=False)
-    assert len(built) == 1
+    built = built_once_when_traced(monkeypatch, nuts, "scripted_tree", "nuts", chains=2)
     if hasattr(torch._C, "_jit_to_static_module"):
         assert isinstance(built[0], torch._C.StaticModule)
-    bayesdl.infer("eight_schools", method="nuts", chains=2, warmup=5, draws=5, seed=1,
-                  progress=False, potential="eager")
-    assert len(built) == 1
 
 
 def test_a_failed_tree_script_warns_and_builds_the_tree_from_python(monkeypatch):
     import bayesdl.inference.nuts as nuts
 
-    def refuse(*args):
-        raise RuntimeError("unsupported")
-
-    monkeypatch.setattr(nuts, "scripted_tree", refuse)
-    with pytest.warns(UserWarning, match="scripting the NUTS tree failed"):
-        idata = bayesdl.infer("eight_schools", method="nuts", chains=2, warmup=5, draws=5,
-                              seed=1, progress=False)
-    assert idata.posterior["mu"].shape == (2, 5)
+    failed_build_warns(monkeypatch, nuts, "scripted_tree", "nuts", 2,
+                       "scripting the NUTS tree failed")
 
 
 @pytest.mark.parametrize("dense", [False, pytest.param(True, marks=pytest.mark.slow)])

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from fast_path_check import built_once_when_traced, failed_build_warns
 from test_nuts import _test_metric, _traced_for
 
-import bayesdl
 from bayesdl.device import run_context
 from bayesdl.inference.chees import ChEESKernel
 from bayesdl.inference.counter_rng import ChainRNG
@@ -83,29 +83,14 @@ def test_chees_takes_the_same_draws_with_the_trajectory_as_one_call():
 def test_chees_method_uses_the_trajectory_when_the_potential_is_traced(monkeypatch):
     import bayesdl.inference.chees as chees
 
-    built = []
-    original = chees.leapfrog_trajectory
-    monkeypatch.setattr(chees, "leapfrog_trajectory",
-                        lambda *a: built.append(original(*a)) or built[-1])
-    bayesdl.infer("eight_schools", method="chees", chains=16, warmup=10, draws=5, seed=1,
-                  progress=False)
-    assert len(built) == 1
-    bayesdl.infer("eight_schools", method="chees", chains=16, warmup=10, draws=5, seed=1,
-                  progress=False, potential="eager")
-    assert len(built) == 1
+    built_once_when_traced(monkeypatch, chees, "leapfrog_trajectory", "chees", chains=16)
 
 
 def test_a_failed_trajectory_script_warns_and_steps_from_python(monkeypatch):
     import bayesdl.inference.chees as chees
 
-    def refuse(*args):
-        raise RuntimeError("unsupported")
-
-    monkeypatch.setattr(chees, "leapfrog_trajectory", refuse)
-    with pytest.warns(UserWarning, match="scripting the leapfrog trajectory failed"):
-        idata = bayesdl.infer("eight_schools", method="chees", chains=16, warmup=10, draws=5,
-                              seed=1, progress=False)
-    assert idata.posterior["mu"].shape == (16, 5)
+    failed_build_warns(monkeypatch, chees, "leapfrog_trajectory", "chees", 16,
+                       "scripting the leapfrog trajectory failed")
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
