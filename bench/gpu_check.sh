@@ -67,6 +67,6 @@ ALL=eight_schools,logistic_regression,gaussian_100d
 run_bench 100 bayesdl_chees_1024 "$ALL"
 JAX_PLATFORMS=cpu run_bench 90 numpyro_nuts_1024 eight_schools
 run_bench 70 bayesdl_chees_nograph_1024 "$ALL"
-run_bench 120 bayesdl_nuts_4 "$ALL"  # NUTS with 4 chains on CUDA: launch-bound
+run_bench 120 bayesdl_nuts_4 "$ALL"
 run_bench 120 bayesdl_nuts_1024,bayesdl_chees_compile_1024 eight_schools,gaussian_100d
 echo "done; files in $OUT"
