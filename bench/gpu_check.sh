@@ -8,7 +8,8 @@
 # Then the device tool's run, with carry [".whl"] and timeout_s 540:
 #     bash bench/gpu_check.sh
 # It writes under $OUT (the folder that comes back): env.txt, tests.log, bench.jsonl
-# (one line per finished configuration, so a run cut short still reports), bench.md.
+# (one line per finished configuration, so a run cut short still reports), bench.md,
+# profile.txt (per-draw cost and a kernel profile: bench/gpu_profile.py).
 # Without a GPU it runs the same steps on the CPU with --quick, as a smoke test.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -67,6 +68,8 @@ ALL=eight_schools,logistic_regression,gaussian_100d
 run_bench 100 bayesdl_chees_1024 "$ALL"
 JAX_PLATFORMS=cpu run_bench 90 numpyro_nuts_1024 eight_schools
 run_bench 70 bayesdl_chees_nograph_1024 "$ALL"
+# 3. where a draw's device time goes (CUDA graph or not, NUTS's per-leaf syncs)
+timeout 150 python3 bench/gpu_profile.py $QUICK --out "$OUT/profile.txt" 2>&1 | grep -v "^USDT" | tail -5
 run_bench 120 bayesdl_nuts_4 "$ALL"
 run_bench 120 bayesdl_nuts_1024,bayesdl_chees_compile_1024 eight_schools,gaussian_100d
 echo "done; files in $OUT"

@@ -1,0 +1,138 @@
+"""Where a transition's time goes on the device: per-draw cost and a kernel profile.
+
+    python bench/gpu_profile.py --device cuda --out profile.txt
+    python bench/gpu_profile.py --quick          # the same on the CPU, a smoke test
+
+Run by ``bench/gpu_check.sh`` after the benchmark rows, so a lent GPU's minutes also
+say what to change next:
+
+- the cost of one draw after warm-up (the clock read at the first draw and after the
+  last) for ChEES with and without the CUDA graph, and for NUTS, with 1024 chains;
+- a ``torch.profiler`` table of 20 draws after warm-up (operators by device time) and the
+  host-device synchronisations it made (``cudaStreamSynchronize``, device-to-host
+  copies), which is what NUTS's one check per leaf costs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import sys
+import time
+import warnings
+from collections.abc import Callable, Iterator
+
+import torch
+
+RUNS = [  # (label, method, options)
+    ("chees", "chees", {}),
+    ("chees, cuda_graph=false", "chees", {"cuda_graph": False}),
+    ("nuts", "nuts", {}),
+]
+SYNC_EVENTS = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaMemcpyAsync",
+               "cudaEventSynchronize", "aten::_local_scalar_dense")
+
+
+def _infer(posterior: str, method: str, chains: int, warmup: int, draws: int, device: str,
+           options: dict) -> None:
+    import bayesdl
+
+    bayesdl.infer(posterior, method=method, chains=chains, warmup=warmup, draws=draws, seed=1,
+                  progress=False, device=device, **options)
+
+
+@contextlib.contextmanager
+def draw_phase(method: str, warmup: int, draws: int, on_start: Callable[[], None],
+               on_end: Callable[[], None]) -> Iterator[None]:
+    """Call ``on_start`` before the kernel's first draw after warm-up and ``on_end``
+    after its last (the kernel's ``step`` wrapped for the block)."""
+    from bayesdl.inference.chees import ChEESKernel
+    from bayesdl.inference.nuts import NUTSKernel
+
+    kernel_class = {"nuts": NUTSKernel, "chees": ChEESKernel}[method]
+    original = kernel_class.step
+
+    def step(self, rng, step_index, state, warmup_phase):
+        if step_index == warmup:
+            on_start()
+        result = original(self, rng, step_index, state, warmup_phase)
+        if step_index == warmup + draws - 1:
+            on_end()
+        return result
+
+    kernel_class.step = step
+    try:
+        yield
+    finally:
+        kernel_class.step = original
+
+
+def per_draw_ms(posterior: str, method: str, chains: int, warmup: int, draws: int,
+                device: str, options: dict) -> float:
+    """Milliseconds per draw after warm-up: the clock read, after a device sync, at the
+    first draw and after the last (two syncs in all)."""
+    clock: list[float] = []
+
+    def read_clock() -> None:
+        if device == "cuda":
+            torch.cuda.synchronize()
+        clock.append(time.perf_counter())
+
+    with draw_phase(method, warmup, draws, read_clock, read_clock):
+        _infer(posterior, method, chains, warmup, draws, device, options)
+    return 1000 * (clock[1] - clock[0]) / draws
+
+
+def profile_table(posterior: str, method: str, chains: int, device: str, options: dict,
+                  rows: int) -> str:
+    """The operator table of 20 draws after warm-up, sorted by device (or CPU) time,
+    and the synchronisations they made."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "cuda" else [])
+    prof = profile(activities=activities)
+    with draw_phase(method, 50, 20, prof.start, prof.stop):
+        _infer(posterior, method, chains, 50, 20, device, options)
+    events = prof.key_averages()
+    sort = "self_cuda_time_total" if device == "cuda" else "self_cpu_time_total"
+    syncs = {e.key: e.count for e in events if e.key in SYNC_EVENTS}
+    return (f"host-device synchronisations and scalar reads: {syncs or 'none recorded'}\n"
+            + events.table(sort_by=sort, row_limit=rows))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--posteriors", default="eight_schools,logistic_regression")
+    parser.add_argument("--chains", type=int, default=1024)
+    parser.add_argument("--quick", action="store_true", help="small runs (smoke test)")
+    parser.add_argument("--out", help="also write the report here")
+    ns = parser.parse_args()
+    warnings.filterwarnings("ignore", message="More chains")  # ArviZ, on short runs
+    torch.set_default_dtype(torch.float64)
+    chains, warmup, draws = (16, 20, 10) if ns.quick else (ns.chains, 100, 50)
+    lines = [f"device {ns.device}"
+             + (f" ({torch.cuda.get_device_name()})" if ns.device == "cuda" else "")
+             + f", torch {torch.__version__}, {chains} chains, float64"]
+    for posterior in ns.posteriors.split(","):
+        for label, method, options in RUNS:
+            if method == "chees" and options and ns.device != "cuda":
+                continue  # without a GPU the two ChEES rows are the same code
+            ms = per_draw_ms(posterior, method, chains, warmup, draws, ns.device, options)
+            lines.append(f"{posterior:20} {label:26} {ms:8.2f} ms per draw after warm-up")
+            print(lines[-1], flush=True)
+    for posterior in ns.posteriors.split(","):
+        for label, method, options in RUNS:
+            if options:
+                continue
+            lines.append(f"\n## {posterior}, {label}, {chains} chains, 20 draws after 50 warm-up\n"
+                         + profile_table(posterior, method, chains, ns.device, options,
+                                         8 if ns.quick else 25))
+            print(lines[-1], flush=True)
+    if ns.out:
+        with open(ns.out, "w") as stream:
+            stream.write("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
