@@ -8,6 +8,7 @@ here and only here.
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import arviz as az
@@ -47,17 +48,21 @@ def to_inference_data(samples: Samples, spec: ModelSpec, predictive: bool = Fals
     coords = {k: v for k, v in spec.coords.items() if k in used}
     attrs = {k: a for k, v in samples.info.items() if (a := _attr(v)) is not None}
     attrs["model"] = spec.name
-    idata = az.from_dict(
-        posterior=posterior,
-        sample_stats=_numpy(samples.stats) or None,
-        observed_data=observed or None,
-        log_likelihood=_numpy(log_likelihood) or None,
-        posterior_predictive=_numpy(predictions) or None,
-        dims=_dims_that_fit(dims, posterior, observed, coords),
-        coords=coords,
-        attrs=attrs,
-        posterior_attrs=dict(attrs),  # `attrs` alone does not reach the posterior group
-    )
+    with warnings.catch_warnings():
+        # the arrays are [chain, draw, ...] by construction; ArviZ guesses they are not
+        # when there are more chains than draws (ChEES: 1024 chains x 100 draws)
+        warnings.filterwarnings("ignore", message="More chains .* than draws")
+        idata = az.from_dict(
+            posterior=posterior,
+            sample_stats=_numpy(samples.stats) or None,
+            observed_data=observed or None,
+            log_likelihood=_numpy(log_likelihood) or None,
+            posterior_predictive=_numpy(predictions) or None,
+            dims=_dims_that_fit(dims, posterior, observed, coords),
+            coords=coords,
+            attrs=attrs,
+            posterior_attrs=dict(attrs),  # `attrs` alone does not reach the posterior group
+        )
     weighted = samples.info.get("weighted_sample")
     if weighted:  # importance sampling: the weighted draws and their log weights, as drawn
         arrays = _numpy(weighted)

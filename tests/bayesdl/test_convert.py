@@ -6,6 +6,7 @@ distribution, and a run directory that `bayesdl.load` reads back unchanged.
 from __future__ import annotations
 
 import math
+import warnings
 
 import arviz as az
 import numpy as np
@@ -20,8 +21,6 @@ from bayesdl.errors import BayesdlError
 from bayesdl.inference.samples import Samples
 from bayesdl.model_source import load_model_spec
 from bayesdl.models.eight_schools import SCHOOLS, eight_schools_data
-
-pytestmark = pytest.mark.filterwarnings("ignore:More chains:UserWarning")
 
 CPU = torch.device("cpu")
 DATA = eight_schools_data()
@@ -139,6 +138,15 @@ def test_centred_model_and_other_sizes():
     assert set(idata.posterior.data_vars) == {"mu", "tau", "theta"}
     assert list(idata.posterior["theta"].coords["school"].values) == SCHOOLS
     assert "sample_stats" not in idata.groups()  # no statistics, no empty group
+
+
+def test_more_chains_than_draws_is_not_mistaken_for_a_transposed_array():
+    """ArviZ warns that [1024, 100] arrays may be [draw, chain]; ours never are."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        idata = convert(eight_schools_samples(chains=64, draws=5))
+    assert idata.posterior.sizes["chain"] == 64 and idata.posterior.sizes["draw"] == 5
+    assert not [w for w in caught if "More chains" in str(w.message)]
 
 
 def test_data_with_other_sizes_gets_numbered_coords():
