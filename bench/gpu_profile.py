@@ -19,7 +19,6 @@ import argparse
 import contextlib
 import sys
 import time
-import warnings
 from collections.abc import Callable, Iterator
 
 import torch
@@ -94,7 +93,9 @@ def profile_table(posterior: str, method: str, chains: int, device: str, options
     with draw_phase(method, 50, 20, prof.start, prof.stop):
         _infer(posterior, method, chains, 50, 20, device, options)
     events = prof.key_averages()
-    sort = "self_cuda_time_total" if device == "cuda" else "self_cpu_time_total"
+    device_key = ("self_device_time_total" if events and hasattr(events[0], "self_device_time_total")
+                  else "self_cuda_time_total")  # the newer name; the older is deprecated
+    sort = device_key if device == "cuda" else "self_cpu_time_total"
     syncs = {e.key: e.count for e in events if e.key in SYNC_EVENTS}
     return (f"host-device synchronisations and scalar reads: {syncs or 'none recorded'}\n"
             + events.table(sort_by=sort, row_limit=rows))
@@ -108,31 +109,47 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="small runs (smoke test)")
     parser.add_argument("--out", help="also write the report here")
     ns = parser.parse_args()
-    warnings.filterwarnings("ignore", message="More chains")  # ArviZ, on short runs
     torch.set_default_dtype(torch.float64)
     chains, warmup, draws = (16, 20, 10) if ns.quick else (ns.chains, 100, 50)
-    lines = [f"device {ns.device}"
-             + (f" ({torch.cuda.get_device_name()})" if ns.device == "cuda" else "")
-             + f", torch {torch.__version__}, {chains} chains, float64"]
-    for posterior in ns.posteriors.split(","):
+    if ns.out:
+        open(ns.out, "w").close()
+
+    def report(text: str) -> None:
+        """Print and append at once, so a run cut at the time limit keeps what it had."""
+        print(text, flush=True)
+        if ns.out:
+            with open(ns.out, "a") as stream:
+                stream.write(text + "\n")
+
+    def attempt(what: str, measure: Callable[..., str], *args: object) -> None:
+        try:
+            report(measure(*args))
+        except Exception as error:  # noqa: BLE001 - one failed row must not lose the others
+            report(f"{what}: failed ({type(error).__name__}: {(str(error).splitlines() or [''])[0][:200]})")
+
+    def per_draw_line(posterior: str, label: str, method: str, options: dict) -> str:
+        ms = per_draw_ms(posterior, method, chains, warmup, draws, ns.device, options)
+        return f"{posterior:20} {label:26} {ms:8.2f} ms per draw after warm-up"
+
+    def profile_section(posterior: str, label: str, method: str, options: dict) -> str:
+        return (f"\n## {posterior}, {label}, {chains} chains, 20 draws after 50 warm-up\n"
+                + profile_table(posterior, method, chains, ns.device, options,
+                                8 if ns.quick else 25))
+
+    report(f"device {ns.device}"
+           + (f" ({torch.cuda.get_device_name()})" if ns.device == "cuda" else "")
+           + f", torch {torch.__version__}, {chains} chains, float64")
+    posteriors = ns.posteriors.split(",")
+    for posterior in posteriors:
         for label, method, options in RUNS:
             if method == "chees" and options and ns.device != "cuda":
                 continue  # without a GPU the two ChEES rows are the same code
-            ms = per_draw_ms(posterior, method, chains, warmup, draws, ns.device, options)
-            lines.append(f"{posterior:20} {label:26} {ms:8.2f} ms per draw after warm-up")
-            print(lines[-1], flush=True)
-    for posterior in ns.posteriors.split(","):
+            attempt(f"{posterior} {label}", per_draw_line, posterior, label, method, options)
+    for posterior in posteriors:
         for label, method, options in RUNS:
-            if options:
-                continue
-            lines.append(f"\n## {posterior}, {label}, {chains} chains, 20 draws after 50 warm-up\n"
-                         + profile_table(posterior, method, chains, ns.device, options,
-                                         8 if ns.quick else 25))
-            print(lines[-1], flush=True)
-    if ns.out:
-        with open(ns.out, "w") as stream:
-            stream.write("\n".join(lines) + "\n")
-
+            if not options:
+                attempt(f"{posterior} {label} profile", profile_section, posterior, label,
+                        method, options)
 
 if __name__ == "__main__":
     sys.exit(main())
