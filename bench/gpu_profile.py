@@ -3,7 +3,7 @@
     python bench/gpu_profile.py --device cuda --out profile.txt
     python bench/gpu_profile.py --quick          # the same on the CPU, a smoke test
 
-Run by ``bench/gpu_check.sh`` after the benchmark rows, so a lent GPU's minutes also
+Run by ``bench/gpu_check.sh`` after the ChEES rows, so a lent GPU's minutes also
 say what to change next:
 
 - the cost of one draw after warm-up (the clock read at the first draw and after the

@@ -18,24 +18,31 @@ def _idata(chains: int, draws: int = 80) -> az.InferenceData:
                                    "tau": rng.gamma(2.0, size=(chains, draws))})
 
 
-@pytest.mark.parametrize("kind, arviz_function", [("trace", "plot_trace"), ("rank", "plot_rank")])
-@pytest.mark.parametrize("chains", [3, 64])
-def test_trace_and_rank_draw_at_most_max_chains(monkeypatch, tmp_path, kind, arviz_function,
-                                                chains):
-    drawn, titles = [], []
+def _count_chains_drawn(monkeypatch, arviz_function: str) -> list[int]:
+    """Wrap ArviZ's plot function to record how many chains each call receives."""
+    drawn: list[int] = []
     real_plot = getattr(az, arviz_function)
 
     def spy(idata, **kwargs):
         drawn.append(idata.posterior.sizes["chain"])
         return real_plot(idata, **kwargs)
 
+    monkeypatch.setattr(az, arviz_function, spy)
+    return drawn
+
+
+@pytest.mark.parametrize("kind, arviz_function", [("trace", "plot_trace"), ("rank", "plot_rank")])
+@pytest.mark.parametrize("chains", [3, 64])
+def test_trace_and_rank_draw_at_most_max_chains(monkeypatch, tmp_path, kind, arviz_function,
+                                                chains):
+    drawn = _count_chains_drawn(monkeypatch, arviz_function)
+    titles = []
     real_savefig = matplotlib.figure.Figure.savefig
 
     def savefig(figure, *args, **kwargs):
-        titles.append(figure._suptitle.get_text() if figure._suptitle else "")
+        titles.append(figure.get_suptitle())
         return real_savefig(figure, *args, **kwargs)
 
-    monkeypatch.setattr(az, arviz_function, spy)
     monkeypatch.setattr(matplotlib.figure.Figure, "savefig", savefig)
     path = plots.plot(_idata(chains), kind, tmp_path / f"{kind}.png")
     assert path.read_bytes()[:8] == PNG_MAGIC
@@ -48,13 +55,6 @@ def test_trace_and_rank_draw_at_most_max_chains(monkeypatch, tmp_path, kind, arv
 
 def test_forest_uses_every_chain(monkeypatch, tmp_path):
     """The forest plot's R-hat and ESS columns are over all chains, not the drawn few."""
-    drawn = []
-    real_plot = az.plot_forest
-
-    def spy(idata, **kwargs):
-        drawn.append(idata.posterior.sizes["chain"])
-        return real_plot(idata, **kwargs)
-
-    monkeypatch.setattr(az, "plot_forest", spy)
+    drawn = _count_chains_drawn(monkeypatch, "plot_forest")
     plots.plot(_idata(16), "forest", tmp_path / "forest.png")
     assert drawn == [16]
