@@ -7,10 +7,11 @@ Run by ``bench/gpu_check.sh`` after the ChEES rows, so a lent GPU's minutes also
 say what to change next:
 
 - the cost of one draw after warm-up (the clock read at the first draw and after the
-  last) for ChEES with and without the CUDA graph, and for NUTS, with 1024 chains;
+  last) for ChEES and NUTS with and without CUDA graphs, and NUTS with a check of
+  whether any chain still builds after every leaf (the default: every 4), 1024 chains;
 - a ``torch.profiler`` table of 20 draws after warm-up (operators by device time) and the
   host-device synchronisations it made (``cudaStreamSynchronize``, device-to-host
-  copies), which is what NUTS's one check per leaf costs.
+  copies), which is what NUTS's checks cost.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ RUNS = [  # (label, method, options)
     ("chees", "chees", {}),
     ("chees, cuda_graph=false", "chees", {"cuda_graph": False}),
     ("nuts", "nuts", {}),
+    ("nuts, cuda_graph=false", "nuts", {"cuda_graph": False}),
+    ("nuts, leaves_per_check=1", "nuts", {"leaves_per_check": 1}),
 ]
 SYNC_EVENTS = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaMemcpyAsync",
                "cudaEventSynchronize", "aten::_local_scalar_dense")
@@ -142,8 +145,8 @@ def main() -> None:
     posteriors = ns.posteriors.split(",")
     for posterior in posteriors:
         for label, method, options in RUNS:
-            if method == "chees" and options and ns.device != "cuda":
-                continue  # without a GPU the two ChEES rows are the same code
+            if options and ns.device != "cuda":
+                continue  # without a GPU these rows run the default's code
             attempt(f"{posterior} {label}", per_draw_line, posterior, label, method, options)
     for posterior in posteriors:
         for label, method, options in RUNS:

@@ -29,7 +29,11 @@ class NUTSOptions:
     chain at a time). ``potential`` (ours): ``auto`` traces the model's log density once
     into a lean graph, ``eager`` runs the model every call, ``compile`` compiles each
     leapfrog step with the potential into one Inductor graph (seconds to start, faster
-    per step: for long runs). ``jit`` is Pyro's JIT (backend pyro).
+    per step: for long runs). ``jit`` is Pyro's JIT (backend pyro). ``cuda_graph``: on a
+    GPU, replay each leaf as one CUDA graph (false: launch it op by op).
+    ``leaves_per_check``: leaves between reads of whether any chain still builds its
+    tree (a host-device sync on a GPU; the draws are the same for any value; 0: 1 on
+    CPU, 4 on a GPU).
     """
 
     backend: str = "bayesdl"
@@ -39,6 +43,8 @@ class NUTSOptions:
     init_step_size: float = 1.0
     potential: str = "auto"
     jit: bool = False
+    cuda_graph: bool = True
+    leaves_per_check: int = 0
 
 
 @dataclass
@@ -84,7 +90,8 @@ def _check(options, name: str) -> None:
         value = getattr(options, name, 1.0)
         if not value > 0:  # also catches NaN
             raise BayesdlError(f"{name} must be positive, got {value}")
-    for name, low in (("max_tree_depth", 1), ("max_steps", 1), ("num_steps", 0)):
+    for name, low in (("max_tree_depth", 1), ("max_steps", 1), ("num_steps", 0),
+                      ("leaves_per_check", 0)):
         value = getattr(options, name, low)
         if value < low:
             raise BayesdlError(f"{name} must be >= {low}, got {value}")
@@ -94,7 +101,8 @@ def nuts_kernel(options: NUTSOptions, potential_fn, gradient_graph=None,
                 traced_gradient=None) -> NUTSKernel:
     return NUTSKernel(potential_fn, options.max_tree_depth, options.target_accept,
                       options.dense_mass, init_step_size=options.init_step_size,
-                      gradient_graph=gradient_graph, traced_gradient=traced_gradient)
+                      gradient_graph=gradient_graph, traced_gradient=traced_gradient,
+                      cuda_graph=options.cuda_graph, leaves_per_check=options.leaves_per_check)
 
 
 def hmc_kernel(options: HMCOptions, potential_fn) -> HMCKernel:

@@ -12,14 +12,18 @@ which blocks start or end at leaf n is known from n alone, so the bookkeeping is
 vectorised over levels. Random numbers are keyed per chain (ChainRNG), so a chain's
 draws do not depend on the other chains.
 
-The loop reads one boolean per leaf (whether any chain is still building) so that a
-draw costs the slowest chain's tree, not 2^max_depth leaves.
+The loop reads one boolean every ``leaves_per_check`` leaves (whether any chain is
+still building) so that a draw costs the slowest chain's tree, not 2^max_depth leaves.
+Each read is a host-device synchronisation on a GPU; reading less often only adds
+leaves on which no chain builds any more, which change nothing (a chain's subtree
+state is masked once it stops), so the draws are the same for every setting.
 
-Three drivers build the same trees to the same draws: this module's Python loop (any
+Four drivers build the same trees to the same draws: this module's Python loop (any
 potential, e.g. a model that cannot be traced), the same loop as one TorchScript call
-around a traced potential (:mod:`~bayesdl.inference.scripted_nuts`, the default), and
-one Inductor-compiled loop (:mod:`~bayesdl.inference.compiled_nuts`,
-``potential=compile``).
+around a traced potential (:mod:`~bayesdl.inference.scripted_nuts`, the default on
+CPU), the loop over CUDA graphs of a leaf (:mod:`~bayesdl.inference.graphed_nuts`, the
+default on a GPU), and one Inductor-compiled loop
+(:mod:`~bayesdl.inference.compiled_nuts`, ``potential=compile``).
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ import torch
 
 from bayesdl.inference.compiled_nuts import CompiledTransition
 from bayesdl.inference.counter_rng import ChainRNG
+from bayesdl.inference.graphed_nuts import GraphedTree
 from bayesdl.inference.hmc_warmup import StanWarmup, WarmupState
 from bayesdl.inference.integrator import (
     HamiltonianKernel,
@@ -54,6 +59,7 @@ from bayesdl.inference.traced_potential import TracedGradient
 
 MOMENTUM_STREAM = 11
 EARLY_DOUBLINGS = 5  # their random numbers are drawn in one call at the start of a tree
+GPU_LEAVES_PER_CHECK = 4  # on a GPU: at most 3 idle leaves per tree for 4x fewer syncs
 
 
 class NUTSState(NamedTuple):
@@ -89,7 +95,8 @@ def nuts_transition(rng: ChainRNG, step_index: int, point: PhasePoint, step_size
                     metric: Metric, potential_fn: PotentialFn, max_tree_depth: int = 10,
                     max_energy_error: float = 1000.0,
                     compiled: CompiledTransition | None = None,
-                    tree: Callable | None = None) -> tuple[PhasePoint, NUTSInfo]:
+                    tree: Callable | None = None,
+                    leaves_per_check: int = 1) -> tuple[PhasePoint, NUTSInfo]:
     """One NUTS draw for every chain from ``point`` (see the module docstring).
 
     The leaf loop is written for few tensor operations (it is the hot path on CPU,
@@ -99,7 +106,9 @@ def nuts_transition(rng: ChainRNG, step_index: int, point: PhasePoint, step_size
     builds the whole tree in one compiled call instead
     (:mod:`~bayesdl.inference.compiled_nuts`), to the same draws; so does ``tree``
     (:func:`~bayesdl.inference.scripted_nuts.scripted_tree` around the traced
-    ``potential_fn``), one TorchScript call.
+    ``potential_fn``), one TorchScript call, or
+    :class:`~bayesdl.inference.graphed_nuts.GraphedTree`. ``leaves_per_check`` is this
+    loop's (a ``tree`` has its own).
     """
     chains, dim = point.position.shape
     dtype, device = point.position.dtype, point.position.device
@@ -159,7 +168,7 @@ def nuts_transition(rng: ChainRNG, step_index: int, point: PhasePoint, step_size
                 accept_sum, n_steps, building, diverging, sub_log_weight, sub_proposal,
                 sub_momentum_sum, checkpoint_velocity, checkpoint_sum, log_uniforms[:, 2 + n],
                 starts, ends, max_energy_error)
-            if n + 1 < 2**d and not bool(building.any()):
+            if (n + 1) % leaves_per_check == 0 and n + 1 < 2**d and not bool(building.any()):
                 break
         proposal, tree_log_weight, left, right, momentum_sum, active = _merge_subtree(
             building, going_right, log_uniforms[:, 1], sub_log_weight, tree_log_weight,
@@ -190,8 +199,12 @@ class NUTSKernel(HamiltonianKernel):
     (``flat -> (grad, log_density)``, a traced graph) makes every transition one
     compiled loop (:mod:`~bayesdl.inference.compiled_nuts`), compiled in :meth:`init`.
     ``traced_gradient`` (the traced ``potential_fn`` as TorchScript) makes every
-    transition one TorchScript call (:mod:`~bayesdl.inference.scripted_nuts`), built in
-    :meth:`init`.
+    transition one TorchScript call (:mod:`~bayesdl.inference.scripted_nuts`) or, on a
+    GPU with ``cuda_graph``, replays of CUDA graphs
+    (:mod:`~bayesdl.inference.graphed_nuts`), built in :meth:`init`.
+    ``leaves_per_check``: leaves between reads of whether any chain still builds (each
+    read is a host-device synchronisation on a GPU; the same draws for any value);
+    0 chooses 1 on CPU, :data:`GPU_LEAVES_PER_CHECK` on a GPU.
     """
 
     def __init__(self, potential_fn: PotentialFn, max_tree_depth: int = 10,
@@ -199,8 +212,11 @@ class NUTSKernel(HamiltonianKernel):
                  max_energy_error: float = 1000.0, init_step_size: float = 1.0,
                  adapt_step_size: bool = True, adapt_mass_matrix: bool = True,
                  gradient_graph: Callable | None = None,
-                 traced_gradient: TracedGradient | None = None):
+                 traced_gradient: TracedGradient | None = None, cuda_graph: bool = True,
+                 leaves_per_check: int = 0):
         self.potential_fn = potential_fn
+        self.cuda_graph = cuda_graph
+        self.leaves_per_check = leaves_per_check
         self.gradient_graph = gradient_graph
         self.traced_gradient = traced_gradient
         self.compiled: CompiledTransition | None = None
@@ -224,15 +240,34 @@ class NUTSKernel(HamiltonianKernel):
                               f"{str(error).splitlines()[0][:160] if str(error) else ''}); "
                               "running it uncompiled", stacklevel=2)
                 self.gradient_graph = None
+        if not self.leaves_per_check:
+            self.leaves_per_check = GPU_LEAVES_PER_CHECK if position.is_cuda else 1
         if (self.compiled is None and self.tree is None and self.traced_gradient is not None
                 and self.traced_gradient.shape == position.shape):
-            try:
-                self.tree = scripted_tree(self.traced_gradient.module, self.max_tree_depth,
-                                          self.max_energy_error, position)
-            except Exception as error:  # noqa: BLE001 - TorchScript declined: from Python
-                warnings.warn(f"scripting the NUTS tree failed ({type(error).__name__}); "
-                              "building it from Python", stacklevel=2)
+            if position.is_cuda and self.cuda_graph:
+                self.tree = self._graphed_tree(position, warmup.metric.inverse_mass)
+            if self.tree is None:
+                try:
+                    self.tree = scripted_tree(self.traced_gradient.module, self.max_tree_depth,
+                                              self.max_energy_error, position,
+                                              self.leaves_per_check)
+                except Exception as error:  # noqa: BLE001 - TorchScript declined: from Python
+                    warnings.warn(f"scripting the NUTS tree failed ({type(error).__name__}); "
+                                  "building it from Python", stacklevel=2)
         return NUTSState(PhasePoint(position, log_density, grad), warmup)
+
+    def _graphed_tree(self, position: torch.Tensor, inverse_mass: torch.Tensor) -> GraphedTree | None:
+        """The tree as CUDA graphs, or None (with a warning) if capture fails."""
+        try:
+            return GraphedTree(self.traced_gradient.module, self.max_tree_depth,
+                               self.max_energy_error, position, inverse_mass,
+                               self.leaves_per_check)
+        except Exception as error:  # noqa: BLE001 - capture declined: the scripted tree
+            reason = str(error).splitlines()[0][:160] if str(error) else ""
+            warnings.warn(f"capturing the NUTS leaf as CUDA graphs failed "
+                          f"({type(error).__name__}: {reason}); running it without",
+                          stacklevel=2)
+            return None
 
     def step(self, rng: ChainRNG, step_index: int, state: NUTSState,
              warmup: bool) -> tuple[NUTSState, NUTSInfo]:
@@ -243,15 +278,19 @@ class NUTSKernel(HamiltonianKernel):
                                       adapt.metric, self.potential_fn, self.max_tree_depth,
                                       self.max_energy_error,
                                       self._compiled_for(state.point, adapt.metric),
-                                      self._tree_for(state.point))
+                                      self._tree_for(state.point, adapt.metric),
+                                      self.leaves_per_check or 1)
         if warmup:
             adapt = self.warmup.update(rng, step_index, adapt, point, info.acceptance_rate,
                                        self.potential_fn)
         return NUTSState(point, adapt), info
 
-    def _tree_for(self, point: PhasePoint) -> Callable | None:
-        """The scripted tree if it was built for these positions' shape."""
+    def _tree_for(self, point: PhasePoint, metric: Metric) -> Callable | None:
+        """The scripted or graphed tree if it was built for these shapes."""
         if self.tree is None or self.traced_gradient.shape != point.position.shape:
+            return None
+        if isinstance(self.tree, GraphedTree) and not self.tree.fits(point.position,
+                                                                      metric.inverse_mass):
             return None
         return self.tree
 

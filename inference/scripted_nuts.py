@@ -34,8 +34,9 @@ class ScriptedTree(torch.nn.Module):
     traced ``flat -> (grad, log_density)`` with NaN already -inf."""
 
     def __init__(self, gradient: torch.jit.ScriptModule, max_tree_depth: int,
-                 max_energy_error: float):
+                 max_energy_error: float, leaves_per_check: int = 1):
         super().__init__()
+        self.leaves_per_check = leaves_per_check
         self.gradient = gradient
         self.max_tree_depth = max_tree_depth
         self.max_energy_error = max_energy_error
@@ -89,7 +90,8 @@ class ScriptedTree(torch.nn.Module):
                     energy0, accept_sum, n_steps, building, diverging, sub_log_weight,
                     sub_proposal, sub_momentum_sum, checkpoint_velocity, checkpoint_sum,
                     log_uniforms[:, 2 + n], starts, ends, self.max_energy_error)
-                if not bool(building.any()):  # (also at the last leaf: one branch fewer)
+                # (also at the last leaf: one branch fewer)
+                if (n + 1) % self.leaves_per_check == 0 and not bool(building.any()):
                     break
             frontier = torch.cat([leaf_position, r, leaf_grad, leaf_log_density[:, None]],
                                  dim=1)
@@ -103,7 +105,11 @@ class ScriptedTree(torch.nn.Module):
 
 
 def scripted_tree(gradient: torch.jit.ScriptModule, max_tree_depth: int,
-                  max_energy_error: float, example: torch.Tensor) -> Callable:
-    """:class:`ScriptedTree` frozen and (on CPU) run by the Static Runtime."""
-    module = torch.jit.script(ScriptedTree(gradient, max_tree_depth, max_energy_error))
+                  max_energy_error: float, example: torch.Tensor,
+                  leaves_per_check: int = 1) -> Callable:
+    """:class:`ScriptedTree` frozen and (on CPU) run by the Static Runtime; it reads
+    whether any chain still builds every ``leaves_per_check`` leaves (the same draws
+    for any value; see :mod:`~bayesdl.inference.nuts`)."""
+    module = torch.jit.script(ScriptedTree(gradient, max_tree_depth, max_energy_error,
+                                           leaves_per_check))
     return static_runtime(torch.jit.freeze(module.eval()), example)

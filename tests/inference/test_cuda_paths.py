@@ -5,6 +5,8 @@ tests/models/test_posteriordb.py: means within 4 MCSE, sds within 10%)."""
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -13,6 +15,7 @@ from posteriordb_check import check_kernel_against_reference
 import bayesdl
 from bayesdl.device import run_context
 from bayesdl.inference.counter_rng import ChainRNG
+from bayesdl.inference.graphed_nuts import GraphedTree
 from bayesdl.inference.integrator import PhasePoint, unit_metric
 from bayesdl.inference.nuts import nuts_transition
 from bayesdl.inference.potential import BatchedPotential
@@ -32,24 +35,35 @@ def _traced(model: str, device: torch.device, chains: int) -> tuple[BatchedPoten
 
 
 @pytest.mark.parametrize("model", ["eight_schools", "logistic_regression"])
-def test_cuda_nuts_transition_equals_the_cpu_one(model):
-    """One scripted NUTS tree per chain on CUDA and on the CPU, from the same state and
-    keys: the same tree sizes and the same draw to rounding."""
+@pytest.mark.parametrize("tree_kind", ["scripted", "graphed", "graphed, 3 leaves per check"])
+def test_cuda_nuts_transition_equals_the_cpu_one(model, tree_kind):
+    """NUTS trees on CUDA (scripted, or replayed CUDA graphs) and the scripted tree on the
+    CPU, from the same states and keys, three transitions in a row: the same tree sizes
+    and the same draws to rounding."""
     results = []
     for device in (torch.device("cpu"), torch.device("cuda")):
         with run_context(device, torch.float64):
             potential, start = _traced(model, device, chains=8)
-            tree = scripted_tree(potential.traced_gradient.module, 10, 1000.0, start)
+            module = potential.traced_gradient.module
+            metric = unit_metric(start)
+            if device.type == "cpu" or tree_kind == "scripted":
+                tree = scripted_tree(module, 10, 1000.0, start)
+            else:
+                tree = GraphedTree(module, 10, 1000.0, start, metric.inverse_mass,
+                                   leaves_per_check=3 if "3" in tree_kind else 1)
             rng = ChainRNG(list(range(1, 9)), device=device)
             point = PhasePoint(start, *potential.log_density_and_grad(start))
             step_size = torch.full((8,), 0.02 if model == "logistic_regression" else 0.3,
                                    dtype=torch.float64, device=device)
-            draw, info = nuts_transition(rng, 3, point, step_size, unit_metric(start),
-                                         potential.log_density_and_grad, tree=tree)
-            results.append((draw.position.cpu(), info.n_steps.cpu(), info.tree_depth.cpu()))
-    (cpu_draw, cpu_steps, cpu_depth), (gpu_draw, gpu_steps, gpu_depth) = results
-    assert torch.equal(cpu_steps, gpu_steps) and torch.equal(cpu_depth, gpu_depth)
-    torch.testing.assert_close(gpu_draw, cpu_draw, rtol=1e-8, atol=1e-8)
+            trace = []
+            for step in range(3):
+                point, info = nuts_transition(rng, step, point, step_size, metric,
+                                              potential.log_density_and_grad, tree=tree)
+                trace.append((point.position.cpu(), info.n_steps.cpu(), info.tree_depth.cpu()))
+            results.append(trace)
+    for (cpu_draw, cpu_steps, cpu_depth), (gpu_draw, gpu_steps, gpu_depth) in zip(*results, strict=True):
+        assert torch.equal(cpu_steps, gpu_steps) and torch.equal(cpu_depth, gpu_depth)
+        torch.testing.assert_close(gpu_draw, cpu_draw, rtol=1e-8, atol=1e-8)
 
 
 def test_cuda_chees_many_chains_matches_posteriordb_eight_schools():
@@ -57,9 +71,20 @@ def test_cuda_chees_many_chains_matches_posteriordb_eight_schools():
                                    "chees", chains=1024, warmup=500, draws=100, device="cuda")
 
 
-def test_cuda_nuts_runs_end_to_end_on_four_chains():
-    idata = bayesdl.infer("eight_schools", method="nuts", chains=4, warmup=100, draws=100,
-                          seed=1, progress=False, device="cuda")
+@pytest.mark.parametrize("cuda_graph", [True, False])
+def test_cuda_nuts_runs_end_to_end_on_four_chains(monkeypatch, cuda_graph):
+    """The default run on a GPU replays CUDA graphs (captured without a fallback
+    warning); ``cuda_graph=false`` runs the scripted tree."""
+    import bayesdl.inference.nuts as nuts
+
+    built = []
+    monkeypatch.setattr(nuts, "GraphedTree", lambda *a: built.append(GraphedTree(*a)) or built[-1])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        idata = bayesdl.infer("eight_schools", method="nuts", chains=4, warmup=100, draws=100,
+                              seed=1, progress=False, device="cuda", cuda_graph=cuda_graph)
+    assert not [w for w in caught if "CUDA graphs failed" in str(w.message)]
+    assert len(built) == (1 if cuda_graph else 0)
     stats = idata.sample_stats
     assert np.isfinite(stats["energy"].values).all()
     assert 0.5 < float(stats["acceptance_rate"].mean()) < 1.0

@@ -507,6 +507,52 @@ def test_scripted_tree_takes_the_same_transitions(model, dense):
             assert max(depths) > 5  # past the doublings drawn before the tree
 
 
+class _CountingGradient:
+    """A traced gradient that counts its calls (the leaves a tree computed)."""
+
+    def __init__(self, module):
+        self.module, self.calls = module, 0
+
+    def __call__(self, position: torch.Tensor):
+        self.calls += 1
+        return self.module(position)
+
+
+@pytest.mark.parametrize("model", ["eight_schools", "logistic_regression"])
+@pytest.mark.parametrize("dense", [False, True])
+def test_graphed_tree_and_sparse_building_checks_take_the_same_transitions(model, dense):
+    """The CUDA-graph tree's buffer logic (its pieces called directly, as a CPU has no
+    graphs) and any number of leaves between checks of whether a chain still builds
+    (Python driver, scripted tree, graphed tree) give the Python driver's trees and
+    draws; checking less often does compute leaves that no chain needed."""
+    from bayesdl.device import run_context
+    from bayesdl.inference.graphed_nuts import GraphedTree
+    from bayesdl.inference.scripted_nuts import scripted_tree
+
+    with run_context(torch.device("cpu"), torch.float64):
+        _, potential, start = _traced_for(model, chains=4, seed=0, scale=0.5)
+        metric = _test_metric(potential.dim, dense)
+        step_size = torch.tensor([0.3, 0.2, 0.4, 0.25], dtype=torch.float64)
+        if model == "logistic_regression":
+            step_size = step_size / 20
+        module = potential.traced_gradient.module
+        leaves = {}
+        for every in (1, 3):  # a U-turn ends an aligned block: 3 is off its boundaries
+            counting = _CountingGradient(module)
+            graphed = GraphedTree(counting, 10, 1000.0, start, metric.inverse_mass,
+                                  leaves_per_check=every, capture=False)
+            depths = _same_transitions(potential, start, step_size, metric, {"tree": graphed},
+                                       steps=6)
+            leaves[every] = counting.calls
+        assert len(depths) > 1
+        if model == "eight_schools":  # (its trees stop inside subtrees here)
+            assert leaves[3] > leaves[1]  # the later checks did let idle leaves run
+        _same_transitions(potential, start, step_size, metric,
+                          {"tree": scripted_tree(module, 10, 1000.0, start, leaves_per_check=3)},
+                          steps=3)
+        _same_transitions(potential, start, step_size, metric, {"leaves_per_check": 5}, steps=3)
+
+
 def test_nuts_runs_the_tree_as_one_call_when_the_potential_is_traced(monkeypatch):
     """The default path scripts the tree (run by the Static Runtime where torch has
     it); without a traced potential the Python driver builds it."""
