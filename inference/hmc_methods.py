@@ -50,7 +50,7 @@ class NUTSOptions:
 @dataclass
 class HMCOptions:
     """Options of ``--method hmc``; ``num_steps=0`` uses ``trajectory_length``.
-    ``backend``, ``potential`` and ``jit`` as for ``nuts``."""
+    ``backend``, ``potential``, ``jit`` and ``cuda_graph`` as for ``nuts``."""
 
     backend: str = "bayesdl"
     target_accept: float = 0.8
@@ -60,6 +60,7 @@ class HMCOptions:
     init_step_size: float = 1.0
     potential: str = "auto"
     jit: bool = False
+    cuda_graph: bool = True
 
 
 @dataclass
@@ -105,10 +106,11 @@ def nuts_kernel(options: NUTSOptions, potential_fn, gradient_graph=None,
                       cuda_graph=options.cuda_graph, leaves_per_check=options.leaves_per_check)
 
 
-def hmc_kernel(options: HMCOptions, potential_fn) -> HMCKernel:
+def hmc_kernel(options: HMCOptions, potential_fn, traced_gradient=None) -> HMCKernel:
     return HMCKernel(potential_fn, options.num_steps, options.trajectory_length,
                      options.target_accept, options.dense_mass,
-                     init_step_size=options.init_step_size)
+                     init_step_size=options.init_step_size, traced_gradient=traced_gradient,
+                     cuda_graph=options.cuda_graph)
 
 
 def chees_kernel(options: ChEESOptions, potential_fn, traced_gradient=None) -> ChEESKernel:
@@ -125,7 +127,7 @@ def _run(spec: ModelSpec, options, settings: RunSettings, name: str,
 
     def make_kernel(potential: BatchedPotential):
         if options.potential != "compile" or potential.gradient_graph is None:
-            if build in (nuts_kernel, chees_kernel):  # tree / trajectory as one call
+            if build in (nuts_kernel, chees_kernel, hmc_kernel):  # tree / trajectory as one call
                 return build(options, potential.log_density_and_grad,
                              traced_gradient=potential.traced_gradient)
             return build(options, potential.log_density_and_grad)

@@ -14,6 +14,10 @@ step when the chains' tensors are small. Two ways to run it as one call:
 
 Both do the arithmetic of :func:`~bayesdl.inference.integrator.leapfrog`, operation for
 operation, so the draws equal the Python loop's (a test compares them bit for bit).
+The masked variants (:func:`masked_leapfrog_trajectory`) are static HMC's trajectory:
+each chain takes its own number of steps (``ceil(length / step_size)``) and is held
+where it stopped while the others go on, as :class:`~bayesdl.inference.hmc.HMCKernel`'s
+Python loop does.
 Written by hand because the leapfrog loop around a traced potential is ours; CUDA
 graphs themselves are PyTorch's.
 """
@@ -30,7 +34,9 @@ from bayesdl.inference.traced_potential import static_runtime
 
 Trajectory = Callable[..., tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]
 """``(position, momentum, grad, step_size [C], inverse_mass, steps) -> (position,
-log_density, grad, momentum)`` after ``steps >= 1`` leapfrog steps."""
+log_density, grad, momentum)`` after ``steps >= 1`` leapfrog steps; a masked one takes
+``(position, momentum, grad, log_density, step_size, inverse_mass, chain_steps [C],
+steps)`` and moves chain ``c`` ``chain_steps[c] <= steps`` times."""
 
 
 class ScriptedLeapfrogs(torch.nn.Module):
@@ -54,14 +60,36 @@ class ScriptedLeapfrogs(torch.nn.Module):
         return position, log_density, grad, momentum
 
 
+class ScriptedMaskedLeapfrogs(torch.nn.Module):
+    """``steps`` leapfrog steps, chain ``c`` moving only in its first ``chain_steps[c]``."""
+
+    def __init__(self, gradient: torch.jit.ScriptModule):
+        super().__init__()
+        self.step = _MaskedLeapfrogStep(gradient)
+
+    def forward(self, position: torch.Tensor, momentum: torch.Tensor, grad: torch.Tensor,
+                log_density: torch.Tensor, step_size: torch.Tensor, inverse_mass: torch.Tensor,
+                chain_steps: torch.Tensor, steps: int):
+        half = (0.5 * step_size)[:, None]
+        step = step_size[:, None]
+        for n in range(steps):
+            position, momentum, grad, log_density = self.step(
+                position, momentum, grad, log_density, half, step, inverse_mass,
+                chain_steps > n)
+        return position, log_density, grad, momentum
+
+
 class GraphedLeapfrogs:
     """One leapfrog step captured as a CUDA graph on static buffers and replayed
     ``steps`` times per call; the step reads and writes the same buffers, so replays
-    chain without copies. Built by :func:`leapfrog_trajectory` for CUDA positions."""
+    chain without copies. Built by :func:`leapfrog_trajectory` for CUDA positions, or
+    with ``masked`` by :func:`masked_leapfrog_trajectory` (a step counter on the device,
+    advanced by the graph, says which chains still move)."""
 
     def __init__(self, step: Callable, position: torch.Tensor, inverse_mass: torch.Tensor,
-                 warmup_runs: int = 3):
+                 warmup_runs: int = 3, masked: bool = False):
         self.step_module = step
+        self.masked = masked
         self.position = position.clone()
         self.momentum = torch.zeros_like(position)
         self.grad = torch.zeros_like(position)
@@ -69,6 +97,8 @@ class GraphedLeapfrogs:
         self.half = position.new_zeros(position.shape[:1])[:, None]
         self.step_size = torch.zeros_like(self.half)
         self.inverse_mass = inverse_mass.clone()
+        self.chain_steps = position.new_zeros(position.shape[:1])
+        self.counter = position.new_zeros(())
         # TorchScript profiles and optimises a graph over its first runs (and may build
         # fused kernels): all of that happens before capture, on a side stream as
         # PyTorch's CUDA-graph notes ask
@@ -83,9 +113,15 @@ class GraphedLeapfrogs:
             self._step()
 
     def _step(self) -> None:
-        position, momentum, grad, log_density = self.step_module(
-            self.position, self.momentum, self.grad, self.half, self.step_size,
-            self.inverse_mass)
+        if self.masked:
+            position, momentum, grad, log_density = self.step_module(
+                self.position, self.momentum, self.grad, self.log_density, self.half,
+                self.step_size, self.inverse_mass, self.chain_steps > self.counter)
+            self.counter.add_(1)
+        else:
+            position, momentum, grad, log_density = self.step_module(
+                self.position, self.momentum, self.grad, self.half, self.step_size,
+                self.inverse_mass)
         self.position.copy_(position)
         self.momentum.copy_(momentum)
         self.grad.copy_(grad)
@@ -95,7 +131,16 @@ class GraphedLeapfrogs:
         return position.shape == self.position.shape and inverse_mass.shape == self.inverse_mass.shape
 
     def __call__(self, position: torch.Tensor, momentum: torch.Tensor, grad: torch.Tensor,
-                 step_size: torch.Tensor, inverse_mass: torch.Tensor, steps: int):
+                 *rest):
+        """As the scripted trajectory: ``(step_size, inverse_mass, steps)`` after ``grad``,
+        or ``(log_density, step_size, inverse_mass, chain_steps, steps)`` when masked."""
+        if self.masked:
+            log_density, step_size, inverse_mass, chain_steps, steps = rest
+            self.log_density.copy_(log_density)
+            self.chain_steps.copy_(chain_steps)
+            self.counter.zero_()
+        else:
+            step_size, inverse_mass, steps = rest
         self.position.copy_(position)
         self.momentum.copy_(momentum)
         self.grad.copy_(grad)
@@ -124,19 +169,55 @@ class _LeapfrogStep(torch.nn.Module):
         return position, momentum, grad, log_density
 
 
+class _MaskedLeapfrogStep(torch.nn.Module):
+    """One step for the chains in ``moving [C]``; the others keep their state (the
+    arithmetic of :func:`~bayesdl.inference.integrator.leapfrog` and
+    :func:`~bayesdl.inference.integrator.select_point`)."""
+
+    def __init__(self, gradient: torch.jit.ScriptModule):
+        super().__init__()
+        self.gradient = gradient
+
+    def forward(self, position: torch.Tensor, momentum: torch.Tensor, grad: torch.Tensor,
+                log_density: torch.Tensor, half: torch.Tensor, step: torch.Tensor,
+                inverse_mass: torch.Tensor, moving: torch.Tensor):
+        new_momentum = momentum + half * grad
+        new_position = position + step * apply_inverse_mass(inverse_mass, new_momentum)
+        new_grad, new_log_density = self.gradient(new_position)
+        new_momentum = new_momentum + half * new_grad
+        column = moving[:, None]
+        return (torch.where(column, new_position, position),
+                torch.where(column, new_momentum, momentum),
+                torch.where(column, new_grad, grad),
+                torch.where(moving, new_log_density, log_density))
+
+
 def leapfrog_trajectory(gradient: torch.jit.ScriptModule, position: torch.Tensor,
                         inverse_mass: torch.Tensor, cuda_graph: bool = True) -> Trajectory:
     """The trajectory for positions shaped like ``position``: on CUDA (with
     ``cuda_graph``) a CUDA graph, or the scripted loop, with a warning, if capture
     fails; else the scripted loop, run by the Static Runtime on CPU."""
+    return _trajectory(_LeapfrogStep(gradient), ScriptedLeapfrogs(gradient), position,
+                       inverse_mass, cuda_graph, masked=False)
+
+
+def masked_leapfrog_trajectory(gradient: torch.jit.ScriptModule, position: torch.Tensor,
+                               inverse_mass: torch.Tensor, cuda_graph: bool = True) -> Trajectory:
+    """As :func:`leapfrog_trajectory`, each chain taking its own number of steps."""
+    return _trajectory(_MaskedLeapfrogStep(gradient), ScriptedMaskedLeapfrogs(gradient),
+                       position, inverse_mass, cuda_graph, masked=True)
+
+
+def _trajectory(step: torch.nn.Module, loop: torch.nn.Module, position: torch.Tensor,
+                inverse_mass: torch.Tensor, cuda_graph: bool, masked: bool) -> Trajectory:
     if position.device.type == "cuda" and cuda_graph:
-        step = torch.jit.freeze(torch.jit.script(_LeapfrogStep(gradient)).eval())
+        scripted_step = torch.jit.freeze(torch.jit.script(step).eval())
         try:
-            return GraphedLeapfrogs(step, position, inverse_mass)
+            return GraphedLeapfrogs(scripted_step, position, inverse_mass, masked=masked)
         except Exception as error:  # noqa: BLE001 - capture declined: one launch per op
             reason = str(error).splitlines()[0][:160] if str(error) else ""
             warnings.warn(f"capturing the leapfrog step as a CUDA graph failed "
                           f"({type(error).__name__}: {reason}); running it without",
-                          stacklevel=2)
-    module = torch.jit.freeze(torch.jit.script(ScriptedLeapfrogs(gradient)).eval())
+                          stacklevel=3)
+    module = torch.jit.freeze(torch.jit.script(loop).eval())
     return static_runtime(module, position)
