@@ -42,12 +42,17 @@ def _compare(trajectory, potential_fn, start, metric, step_size, steps, exact=Tr
     position, log_density, grad, r_fast = trajectory(start, momentum, grad0, step_size,
                                                      metric.inverse_mass, steps)
     assert not torch.equal(position, start)  # it moved
-    for mine, theirs in [(position, point.position), (log_density, point.log_density),
-                         (grad, point.grad), (r_fast, r)]:
+    _assert_same((position, log_density, grad, r_fast),
+                 (point.position, point.log_density, point.grad, r), exact)
+
+
+def _assert_same(mine: tuple, theirs: tuple, exact: bool) -> None:
+    """Bit for bit, or (another device's kernels) to 1e-10."""
+    for fast, plain in zip(mine, theirs, strict=True):
         if exact:
-            assert torch.equal(mine, theirs)
+            assert torch.equal(fast, plain)
         else:
-            torch.testing.assert_close(mine, theirs, rtol=1e-10, atol=1e-10)
+            torch.testing.assert_close(fast, plain, rtol=1e-10, atol=1e-10)
 
 
 @pytest.mark.parametrize("model", ["eight_schools", "logistic_regression"])
@@ -85,12 +90,7 @@ def _compare_masked(trajectory, potential_fn, start, metric, step_size, exact=Tr
     one_step = leapfrog(PhasePoint(start, log_density0, grad0), momentum, step_size, metric,
                         potential_fn)[0].position
     assert torch.equal(point.position[0], one_step[0])  # chain 0 stopped after one step
-    for mine, theirs in zip(fast, [point.position, point.log_density, point.grad, r],
-                            strict=True):
-        if exact:
-            assert torch.equal(mine, theirs)
-        else:
-            torch.testing.assert_close(mine, theirs, rtol=1e-10, atol=1e-10)
+    _assert_same(fast, (point.position, point.log_density, point.grad, r), exact)
 
 
 @pytest.mark.parametrize("model", ["eight_schools", "logistic_regression"])
@@ -109,23 +109,34 @@ def test_masked_trajectory_equals_hmcs_python_loop(model, dense):
 def test_hmc_takes_the_same_draws_with_the_trajectory_as_one_call(dense):
     """Static HMC (per-chain step counts from per-chain step sizes) with its trajectory
     scripted lands on the Python loop's draws, Stan's warm-up included."""
+    plain_stats = _same_draws_with_the_trajectory(
+        lambda potential, traced: HMCKernel(potential.log_density_and_grad,
+                                            trajectory_length=1.5, dense_mass=dense,
+                                            traced_gradient=traced), chains=8)
+    steps = plain_stats["n_steps"]  # [chains, draws]
+    assert (steps != steps[:1]).any()  # chains took unequal numbers of steps
+
+
+def _same_draws_with_the_trajectory(make_kernel, chains: int) -> dict:
+    """Run ``make_kernel(potential, traced_gradient)`` on eight schools without and with
+    the traced gradient; assert the same draws, step sizes and step counts (warm-up
+    included) and that the chains moved. Returns the plain run's statistics."""
     with run_context(torch.device("cpu"), torch.float64):
-        _, potential, start = _traced_for("eight_schools", chains=8, seed=1, scale=1.0)
+        _, potential, start = _traced_for("eight_schools", chains=chains, seed=1, scale=1.0)
         runs = []
         for traced in (None, potential.traced_gradient):
-            kernel = HMCKernel(potential.log_density_and_grad, trajectory_length=1.5,
-                               dense_mass=dense, traced_gradient=traced)
-            rng = ChainRNG(list(range(8)))
+            kernel = make_kernel(potential, traced)
+            rng = ChainRNG(list(range(chains)))
             draws, stats, _ = run_kernel(kernel, rng, start, potential.log_density(start),
                                          60, 20, progress=False)
             assert (kernel.trajectory is not None) == (traced is not None)
             runs.append((draws, stats))
-        (plain, plain_stats), (fast, fast_stats) = runs
-        assert torch.equal(plain, fast)
-        assert torch.equal(plain_stats["n_steps"], fast_stats["n_steps"])
-        steps = plain_stats["n_steps"]  # [chains, draws]
-        assert (steps != steps[:1]).any()  # chains took unequal numbers of steps
-        assert not torch.equal(plain[0], plain[-1])
+    (plain, plain_stats), (fast, fast_stats) = runs
+    assert torch.equal(plain, fast)
+    assert torch.equal(plain_stats["step_size"], fast_stats["step_size"])
+    assert torch.equal(plain_stats["n_steps"], fast_stats["n_steps"])
+    assert not torch.equal(plain[0], plain[-1])
+    return plain_stats
 
 
 def test_hmc_method_uses_the_trajectory_when_the_potential_is_traced(monkeypatch):
@@ -144,21 +155,9 @@ def test_a_failed_hmc_trajectory_script_warns_and_steps_from_python(monkeypatch)
 def test_chees_takes_the_same_draws_with_the_trajectory_as_one_call():
     """ChEES with its trajectory scripted lands on the draws of the Python loop, warm-up
     (step size, trajectory length, metric) included."""
-    with run_context(torch.device("cpu"), torch.float64):
-        _, potential, start = _traced_for("eight_schools", chains=64, seed=1, scale=1.0)
-        runs = []
-        for traced in (None, potential.traced_gradient):
-            kernel = ChEESKernel(potential.log_density_and_grad, traced_gradient=traced)
-            rng = ChainRNG(list(range(64)))
-            draws, stats, _ = run_kernel(kernel, rng, start, potential.log_density(start),
-                                         60, 20, progress=False)
-            assert (kernel.trajectory is not None) == (traced is not None)
-            runs.append((draws, stats))
-        (plain, plain_stats), (fast, fast_stats) = runs
-        assert torch.equal(plain, fast)
-        assert torch.equal(plain_stats["step_size"], fast_stats["step_size"])
-        assert torch.equal(plain_stats["n_steps"], fast_stats["n_steps"])
-        assert not torch.equal(plain[0], plain[-1])
+    _same_draws_with_the_trajectory(
+        lambda potential, traced: ChEESKernel(potential.log_density_and_grad,
+                                              traced_gradient=traced), chains=64)
 
 
 def test_chees_method_uses_the_trajectory_when_the_potential_is_traced(monkeypatch):
