@@ -234,7 +234,7 @@ class BatchedPotential:
 
         generator = torch.Generator(device="cpu").manual_seed(0)
         points = [example] + [
-            (example + torch.randn(example.shape, generator=generator, dtype=example.dtype)
+            (example + torch.randn(example.shape, generator=generator, dtype=example.dtype, device="cpu")
              .to(example.device) * scale) for scale in (0.5, 1.5, 3.0)
         ]
         try:

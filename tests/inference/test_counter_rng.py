@@ -243,7 +243,10 @@ def test_cuda_draws_equal_cpu_draws():
     cpu = ChainRNG(seeds, device="cpu")
     gpu = ChainRNG(seeds, device="cuda")
     assert torch.equal(cpu.bits(7, 2, (33,)), gpu.bits(7, 2, (33,)).cpu())
-    assert torch.equal(cpu.normal(7, 2, (33,)), gpu.normal(7, 2, (33,)).cpu())
+    # the same uniforms; CUDA's ndtri rounds differently in the last bits (seen on an H200)
+    assert torch.equal(cpu.uniform(7, 2, (33,)), gpu.uniform(7, 2, (33,)).cpu())
+    torch.testing.assert_close(gpu.normal(7, 2, (33,)).cpu(), cpu.normal(7, 2, (33,)),
+                               rtol=1e-13, atol=1e-15)
 
 
 def test_several_streams_in_one_call_are_the_streams_drawn_one_by_one():

@@ -29,7 +29,7 @@ def _traced(model: str, device: torch.device, chains: int) -> tuple[BatchedPoten
     spec = load_model_spec(model, None, {}, device, torch.float64)
     potential = BatchedPotential(spec.model, spec.data)
     start = (torch.randn(chains, potential.dim, dtype=torch.float64,
-                         generator=torch.Generator().manual_seed(0)) * 0.5).to(device)
+                         device="cpu", generator=torch.Generator().manual_seed(0)) * 0.5).to(device)
     assert potential.accelerate(torch.zeros_like(start), "auto")
     return potential, start
 
@@ -78,7 +78,13 @@ def test_cuda_nuts_runs_end_to_end_on_four_chains(monkeypatch, cuda_graph):
     import bayesdl.inference.nuts as nuts
 
     built = []
-    monkeypatch.setattr(nuts, "GraphedTree", lambda *a: built.append(GraphedTree(*a)) or built[-1])
+
+    class CountedTree(GraphedTree):  # a subclass: the kernel checks isinstance
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            built.append(self)
+
+    monkeypatch.setattr(nuts, "GraphedTree", CountedTree)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         idata = bayesdl.infer("eight_schools", method="nuts", chains=4, warmup=100, draws=100,

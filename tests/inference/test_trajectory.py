@@ -36,7 +36,7 @@ def _python_leapfrogs(potential_fn, position, momentum, step_size, metric, steps
 
 def _compare(trajectory, potential_fn, start, metric, step_size, steps, exact=True):
     momentum = torch.randn(start.shape, dtype=start.dtype,
-                           generator=torch.Generator().manual_seed(5)).to(start.device)
+                           device="cpu", generator=torch.Generator().manual_seed(5)).to(start.device)
     point, r = _python_leapfrogs(potential_fn, start, momentum, step_size, metric, steps)
     _, grad0 = potential_fn(start)
     position, log_density, grad, r_fast = trajectory(start, momentum, grad0, step_size,
@@ -76,7 +76,7 @@ def _compare_masked(trajectory, potential_fn, start, metric, step_size, exact=Tr
     chain_steps = torch.tensor([1.0, 5.0, 3.0, 5.0], dtype=start.dtype).repeat(
         start.shape[0] // 4).to(start.device)
     momentum = torch.randn(start.shape, dtype=start.dtype,
-                           generator=torch.Generator().manual_seed(5)).to(start.device)
+                           device="cpu", generator=torch.Generator().manual_seed(5)).to(start.device)
     point = PhasePoint(start, *potential_fn(start))
     r = momentum
     for n in range(5):
@@ -186,7 +186,7 @@ def test_cuda_graph_trajectory_equals_the_python_leapfrog_loop(model):
         spec = load_model_spec(model, None, {}, device, torch.float64)
         potential = BatchedPotential(spec.model, spec.data)
         start = (torch.randn(1024, potential.dim, dtype=torch.float64,
-                             generator=torch.Generator().manual_seed(0)) * 0.5).to(device)
+                             device="cpu", generator=torch.Generator().manual_seed(0)) * 0.5).to(device)
         assert potential.accelerate(torch.zeros_like(start), "auto")
         metric = _test_metric(potential.dim, False)
         metric = metric._replace(inverse_mass=metric.inverse_mass[:1].expand(1024, -1)
@@ -212,7 +212,7 @@ def test_cuda_graph_masked_trajectory_equals_hmcs_python_loop():
         spec = load_model_spec("eight_schools", None, {}, device, torch.float64)
         potential = BatchedPotential(spec.model, spec.data)
         start = (torch.randn(1024, potential.dim, dtype=torch.float64,
-                             generator=torch.Generator().manual_seed(0)) * 0.5).to(device)
+                             device="cpu", generator=torch.Generator().manual_seed(0)) * 0.5).to(device)
         assert potential.accelerate(torch.zeros_like(start), "auto")
         metric = _test_metric(potential.dim, False)
         metric = metric._replace(inverse_mass=metric.inverse_mass[:1].expand(1024, -1)
