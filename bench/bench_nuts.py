@@ -17,6 +17,7 @@ its rows are skipped with a note when it is not installed.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -123,7 +124,7 @@ def run_one(config: str, posterior: str, quick: bool, device: str) -> dict:
     label, chains, warmup, draws = CONFIGS[config]
     if quick:
         warmup, draws = max(warmup // 5, 50), max(draws // 5, 50)
-    gpu_peak = None
+    gpu_peak, phases = None, {}
     if config.startswith("numpyro"):
         try:
             import jax
@@ -149,6 +150,7 @@ def run_one(config: str, posterior: str, quick: bool, device: str) -> dict:
         # NumPyro's JAX is imported untimed above
         import torch._dynamo  # noqa: F401
         import torch._inductor.compile_fx  # noqa: F401
+        from step_clock import phase_clock
 
         import bayesdl
 
@@ -169,9 +171,12 @@ def run_one(config: str, posterior: str, quick: bool, device: str) -> dict:
         run_device = device if config.startswith("bayesdl") else "cpu"
         if run_device == "cuda":
             torch.cuda.reset_peak_memory_stats()
+        clock = (phase_clock(method, warmup, draws, run_device) if config.startswith("bayesdl")
+                 else contextlib.nullcontext({}))
         started = time.perf_counter()
-        idata = bayesdl.infer(model, data, method=method, chains=chains, warmup=warmup,
-                              draws=draws, seed=1, progress=False, device=run_device, **options)
+        with clock as phases:
+            idata = bayesdl.infer(model, data, method=method, chains=chains, warmup=warmup,
+                                  draws=draws, seed=1, progress=False, device=run_device, **options)
         wall = time.perf_counter() - started
         if run_device == "cuda":
             gpu_peak = torch.cuda.max_memory_allocated() / 2**20
@@ -183,6 +188,7 @@ def run_one(config: str, posterior: str, quick: bool, device: str) -> dict:
     return {"config": config, "label": label, "posterior": posterior, "chains": chains,
             "warmup": warmup, "draws": draws, "wall_s": wall, "min_ess_bulk": min_ess,
             "ess_per_s": min_ess / wall, "numpyro": numpyro_version, "gpu_peak_mib": gpu_peak,
+            "phases_s": phases,
             "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
@@ -232,8 +238,10 @@ def main() -> None:
             if ns.jsonl:
                 with open(ns.jsonl, "a") as stream:
                     stream.write(json.dumps(rows[-1]) + "\n")
-            print(f"  {posterior:20} {config:20} {rows[-1].get('wall_s', float('nan')):7.1f} s",
-                  file=sys.stderr)
+            phases = ", ".join(f"{name[:-2]} {seconds:.2f}"
+                               for name, seconds in rows[-1].get("phases_s", {}).items())
+            print(f"  {posterior:20} {config:20} {rows[-1].get('wall_s', float('nan')):7.1f} s"
+                  + (f" ({phases})" if phases else ""), file=sys.stderr)
     import torch
 
     versions = next((r["numpyro"] for r in rows if r.get("numpyro")), "not installed")

@@ -8,7 +8,9 @@ say what to change next:
 
 - the cost of one draw after warm-up (the clock read at the first draw and after the
   last) for ChEES and NUTS with and without CUDA graphs, and NUTS with a check of
-  whether any chain still builds after every leaf (the default: every 4), 1024 chains;
+  whether any chain still builds after every leaf (the default: every 4), and ChEES
+  with TorchScript's fuser off, 1024 chains; with each, the run's set-up, warm-up and
+  after-the-draws seconds (:mod:`step_clock`);
 - a ``torch.profiler`` table of 20 draws after warm-up (operators by device time) and the
   host-device synchronisations it made (``cudaStreamSynchronize``, device-to-host
   copies), which is what NUTS's checks cost.
@@ -19,10 +21,10 @@ from __future__ import annotations
 import argparse
 import contextlib
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import torch
+from step_clock import phase_clock, step_hooks
 
 RUNS = [  # (label, method, options)
     ("chees", "chees", {}),
@@ -30,6 +32,8 @@ RUNS = [  # (label, method, options)
     ("nuts", "nuts", {}),
     ("nuts, cuda_graph=false", "nuts", {"cuda_graph": False}),
     ("nuts, leaves_per_check=1", "nuts", {"leaves_per_check": 1}),
+    # TorchScript's fuser off: does compiling its fused CUDA kernels make the set-up long?
+    ("chees, no TorchScript fuser", "chees", {"torchscript_fuser": "none"}),
 ]
 SYNC_EVENTS = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaMemcpyAsync",
                "cudaEventSynchronize", "aten::_local_scalar_dense")
@@ -39,50 +43,20 @@ def _infer(posterior: str, method: str, chains: int, warmup: int, draws: int, de
            options: dict) -> None:
     import bayesdl
 
-    bayesdl.infer(posterior, method=method, chains=chains, warmup=warmup, draws=draws, seed=1,
-                  progress=False, device=device, **options)
-
-
-@contextlib.contextmanager
-def draw_phase(method: str, warmup: int, draws: int, on_start: Callable[[], None],
-               on_end: Callable[[], None]) -> Iterator[None]:
-    """Call ``on_start`` before the kernel's first draw after warm-up and ``on_end``
-    after its last (the kernel's ``step`` wrapped for the block)."""
-    from bayesdl.inference.chees import ChEESKernel
-    from bayesdl.inference.nuts import NUTSKernel
-
-    kernel_class = {"nuts": NUTSKernel, "chees": ChEESKernel}[method]
-    original = kernel_class.step
-
-    def step(self, rng, step_index, state, warmup_phase):
-        if step_index == warmup:
-            on_start()
-        result = original(self, rng, step_index, state, warmup_phase)
-        if step_index == warmup + draws - 1:
-            on_end()
-        return result
-
-    kernel_class.step = step
-    try:
-        yield
-    finally:
-        kernel_class.step = original
+    options = dict(options)
+    fuser = options.pop("torchscript_fuser", None)
+    with torch.jit.fuser(fuser) if fuser else contextlib.nullcontext():
+        bayesdl.infer(posterior, method=method, chains=chains, warmup=warmup, draws=draws,
+                      seed=1, progress=False, device=device, **options)
 
 
 def per_draw_ms(posterior: str, method: str, chains: int, warmup: int, draws: int,
-                device: str, options: dict) -> float:
-    """Milliseconds per draw after warm-up: the clock read, after a device sync, at the
-    first draw and after the last (two syncs in all)."""
-    clock: list[float] = []
-
-    def read_clock() -> None:
-        if device == "cuda":
-            torch.cuda.synchronize()
-        clock.append(time.perf_counter())
-
-    with draw_phase(method, warmup, draws, read_clock, read_clock):
+                device: str, options: dict) -> tuple[float, dict[str, float]]:
+    """Milliseconds per draw after warm-up (the clock read, after a device sync, at the
+    first draw and after the last), and the run's phases in seconds (:func:`phase_clock`)."""
+    with phase_clock(method, warmup, draws, device) as phases:
         _infer(posterior, method, chains, warmup, draws, device, options)
-    return 1000 * (clock[1] - clock[0]) / draws
+    return 1000 * phases["draws_s"] / draws, phases
 
 
 def profile_table(posterior: str, method: str, chains: int, device: str, options: dict,
@@ -93,7 +67,7 @@ def profile_table(posterior: str, method: str, chains: int, device: str, options
 
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "cuda" else [])
     prof = profile(activities=activities)
-    with draw_phase(method, 50, 20, prof.start, prof.stop):
+    with step_hooks(method, 50, 20, prof.start, prof.stop):
         _infer(posterior, method, chains, 50, 20, device, options)
     events = prof.key_averages()
     device_key = ("self_device_time_total" if events and hasattr(events[0], "self_device_time_total")
@@ -131,8 +105,10 @@ def main() -> None:
             report(f"{what}: failed ({type(error).__name__}: {(str(error).splitlines() or [''])[0][:200]})")
 
     def per_draw_line(posterior: str, label: str, method: str, options: dict) -> str:
-        ms = per_draw_ms(posterior, method, chains, warmup, draws, ns.device, options)
-        return f"{posterior:20} {label:26} {ms:8.2f} ms per draw after warm-up"
+        ms, phases = per_draw_ms(posterior, method, chains, warmup, draws, ns.device, options)
+        return (f"{posterior:20} {label:26} {ms:8.2f} ms per draw after warm-up; set-up "
+                f"{phases['setup_s']:.2f} s, warm-up {phases['warmup_s']:.2f} s, "
+                f"after {phases['after_s']:.2f} s")
 
     def profile_section(posterior: str, label: str, method: str, options: dict) -> str:
         return (f"\n## {posterior}, {label}, {chains} chains, 20 draws after 50 warm-up\n"
