@@ -16,6 +16,8 @@ cd "$(dirname "$0")/.."
 WHEELS="pyro-ppl==1.9.2 pyro-api==0.1.2 arviz==0.23.4 xarray-einstats==0.9.1 h5netcdf==1.8.3 platformdirs==4.14.9"
 
 if [[ "${1:-}" == "--fetch-wheels" ]]; then
+    # posteriordb's references (../shared does not travel) for the CUDA reference test
+    mkdir -p .whl && cp -r ../shared/reference/posteriordb .whl/ 2>/dev/null
     # pure-Python wheels for the device's Python 3.12
     exec python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
         --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 \
@@ -23,6 +25,9 @@ if [[ "${1:-}" == "--fetch-wheels" ]]; then
 fi
 
 OUT="${OUT:-$(mktemp -d)}"
+if [[ -d .whl/posteriordb && ! -d ../shared/reference/posteriordb ]]; then
+    mkdir -p ../shared/reference && cp -r .whl/posteriordb ../shared/reference/
+fi
 SITE="$(mktemp -d)"
 export PYTHONUNBUFFERED=1 MPLBACKEND=Agg
 if compgen -G ".whl/*.whl" > /dev/null; then
