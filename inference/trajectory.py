@@ -84,10 +84,11 @@ class GraphedLeapfrogs:
     ``steps`` times per call; the step reads and writes the same buffers, so replays
     chain without copies. Built by :func:`leapfrog_trajectory` for CUDA positions, or
     with ``masked`` by :func:`masked_leapfrog_trajectory` (a step counter on the device,
-    advanced by the graph, says which chains still move)."""
+    advanced by the graph, says which chains still move). ``capture=False`` calls the
+    step itself instead of a replay (any device; for tests of the buffer logic)."""
 
     def __init__(self, step: Callable, position: torch.Tensor, inverse_mass: torch.Tensor,
-                 warmup_runs: int = 3, masked: bool = False):
+                 warmup_runs: int = 3, masked: bool = False, capture: bool = True):
         self.step_module = step
         self.masked = masked
         self.position = position.clone()
@@ -99,6 +100,9 @@ class GraphedLeapfrogs:
         self.inverse_mass = inverse_mass.clone()
         self.chain_steps = position.new_zeros(position.shape[:1])
         self.counter = position.new_zeros(())
+        if not capture:  # the step called directly: the buffer logic, testable on a CPU
+            self.replay = self._step
+            return
         # TorchScript profiles and optimises a graph over its first runs (and may build
         # fused kernels): all of that happens before capture, on a side stream as
         # PyTorch's CUDA-graph notes ask
@@ -111,6 +115,7 @@ class GraphedLeapfrogs:
         self.graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(self.graph):
             self._step()
+        self.replay = self.graph.replay
 
     def _step(self) -> None:
         if self.masked:
@@ -148,7 +153,7 @@ class GraphedLeapfrogs:
         self.step_size.copy_(step_size[:, None])
         self.inverse_mass.copy_(inverse_mass)
         for _ in range(steps):
-            self.graph.replay()
+            self.replay()
         return (self.position.clone(), self.log_density.clone(), self.grad.clone(),
                 self.momentum.clone())
 
@@ -197,27 +202,35 @@ def leapfrog_trajectory(gradient: torch.jit.ScriptModule, position: torch.Tensor
     """The trajectory for positions shaped like ``position``: on CUDA (with
     ``cuda_graph``) a CUDA graph, or the scripted loop, with a warning, if capture
     fails; else the scripted loop, run by the Static Runtime on CPU."""
-    return _trajectory(_LeapfrogStep(gradient), ScriptedLeapfrogs(gradient), position,
-                       inverse_mass, cuda_graph, masked=False)
+    return _trajectory(gradient, position, inverse_mass, cuda_graph, masked=False)
 
 
 def masked_leapfrog_trajectory(gradient: torch.jit.ScriptModule, position: torch.Tensor,
                                inverse_mass: torch.Tensor, cuda_graph: bool = True) -> Trajectory:
     """As :func:`leapfrog_trajectory`, each chain taking its own number of steps."""
-    return _trajectory(_MaskedLeapfrogStep(gradient), ScriptedMaskedLeapfrogs(gradient),
-                       position, inverse_mass, cuda_graph, masked=True)
+    return _trajectory(gradient, position, inverse_mass, cuda_graph, masked=True)
 
 
-def _trajectory(step: torch.nn.Module, loop: torch.nn.Module, position: torch.Tensor,
+def graphed_leapfrogs(gradient: torch.jit.ScriptModule, position: torch.Tensor,
+                      inverse_mass: torch.Tensor, masked: bool = False,
+                      capture: bool = True) -> GraphedLeapfrogs:
+    """One scripted leapfrog step (masked or not) on static buffers, captured as a CUDA
+    graph (``capture=False``: called directly, on any device)."""
+    step = _MaskedLeapfrogStep(gradient) if masked else _LeapfrogStep(gradient)
+    scripted_step = torch.jit.freeze(torch.jit.script(step).eval())
+    return GraphedLeapfrogs(scripted_step, position, inverse_mass, masked=masked, capture=capture)
+
+
+def _trajectory(gradient: torch.jit.ScriptModule, position: torch.Tensor,
                 inverse_mass: torch.Tensor, cuda_graph: bool, masked: bool) -> Trajectory:
     if position.device.type == "cuda" and cuda_graph:
-        scripted_step = torch.jit.freeze(torch.jit.script(step).eval())
         try:
-            return GraphedLeapfrogs(scripted_step, position, inverse_mass, masked=masked)
+            return graphed_leapfrogs(gradient, position, inverse_mass, masked)
         except Exception as error:  # noqa: BLE001 - capture declined: one launch per op
             reason = str(error).splitlines()[0][:160] if str(error) else ""
             warnings.warn(f"capturing the leapfrog step as a CUDA graph failed "
                           f"({type(error).__name__}: {reason}); running it without",
                           stacklevel=3)
+    loop = ScriptedMaskedLeapfrogs(gradient) if masked else ScriptedLeapfrogs(gradient)
     module = torch.jit.freeze(torch.jit.script(loop).eval())
     return static_runtime(module, position)

@@ -19,6 +19,7 @@ import pyro.distributions as dist
 import pytest
 import torch
 from fast_path_check import built_once_when_traced, failed_build_warns
+from host_reads import HostReads
 from posteriordb_check import check_kernel_against_reference
 from test_random_walk import (
     NOISE,
@@ -518,6 +519,25 @@ class _CountingGradient:
         return self.module(position)
 
 
+def _inside(mode, piece):
+    def run():
+        with mode:
+            piece()
+    return run
+
+
+def test_the_host_read_check_sees_scalar_reads_and_boolean_masks():
+    x = torch.tensor([1.0, -2.0, 3.0])
+    reads = HostReads()
+    with reads:
+        torch.where(x > 0, x, -x).sum()  # none
+        assert reads.seen == []
+        bool(x.sum() > 0)
+        x[x > 0]
+        x.nonzero()
+    assert len(reads.seen) == 3
+
+
 @pytest.mark.parametrize("model", ["eight_schools", "logistic_regression"])
 @pytest.mark.parametrize("dense", [False, True])
 def test_graphed_tree_and_sparse_building_checks_take_the_same_transitions(model, dense):
@@ -541,9 +561,12 @@ def test_graphed_tree_and_sparse_building_checks_take_the_same_transitions(model
             counting = _CountingGradient(module)
             graphed = GraphedTree(counting, 10, 1000.0, start, metric.inverse_mass,
                                   leaves_per_check=every, capture=False)
+            reads = HostReads()  # none inside what a GPU captures (begin, leaves, merge)
+            graphed.replays = {key: _inside(reads, piece) for key, piece in graphed.replays.items()}
             depths = _same_transitions(potential, start, step_size, metric, {"tree": graphed},
                                        steps=6)
             leaves[every] = counting.calls
+            assert reads.seen == []
         assert len(depths) > 1
         if model == "eight_schools":  # (its trees stop inside subtrees here)
             assert leaves[3] > leaves[1]  # the later checks did let idle leaves run

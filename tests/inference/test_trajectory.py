@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 from fast_path_check import built_once_when_traced, failed_build_warns
+from host_reads import HostReads
 from test_nuts import _test_metric, _traced_for
 
 from bayesdl.device import run_context
@@ -17,6 +18,7 @@ from bayesdl.inference.hmc import HMCKernel
 from bayesdl.inference.integrator import PhasePoint, leapfrog, select_point
 from bayesdl.inference.trajectory import (
     GraphedLeapfrogs,
+    graphed_leapfrogs,
     leapfrog_trajectory,
     masked_leapfrog_trajectory,
 )
@@ -103,6 +105,26 @@ def test_masked_trajectory_equals_hmcs_python_loop(model, dense):
                                                 metric.inverse_mass)
         step_size = torch.tensor([0.05, -0.03, 0.04, 0.02], dtype=torch.float64)
         _compare_masked(trajectory, potential.log_density_and_grad, start, metric, step_size)
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_graph_buffers_equal_the_python_loop_and_read_nothing_back(masked):
+    """What a GPU captures as a graph, called directly on the CPU: the step on static
+    buffers lands where the Python loop does, and makes no host read (which capture
+    would refuse, and which would stall every replay)."""
+    with run_context(torch.device("cpu"), torch.float64):
+        _, potential, start = _traced_for("eight_schools", chains=4, seed=0, scale=0.5)
+        metric = _test_metric(potential.dim, False)
+        trajectory = graphed_leapfrogs(potential.traced_gradient.module, start,
+                                       metric.inverse_mass, masked=masked, capture=False)
+        step_size = torch.tensor([0.05, -0.03, 0.04, 0.02], dtype=torch.float64)
+        compare = (_compare_masked if masked
+                   else lambda *args: _compare(*args, steps=7))
+        compare(trajectory, potential.log_density_and_grad, start, metric, step_size)
+        reads = HostReads()
+        with reads:
+            trajectory.replay()
+        assert reads.seen == []
 
 
 @pytest.mark.parametrize("dense", [False, True])
