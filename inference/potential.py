@@ -21,6 +21,7 @@ import torch
 from pyro import poutine
 from pyro.infer.mcmc.util import initialize_model
 from pyro.poutine.util import site_is_subsample
+from torch import fx
 from torch.func import grad_and_value, vmap
 
 from bayesdl.errors import BayesdlError
@@ -34,6 +35,7 @@ from bayesdl.inference.traced_potential import (
     static_runtime,
     torchscript_module,
     trace_graph,
+    value_graph,
 )
 
 INIT_STREAM = 1_000_003
@@ -184,8 +186,14 @@ class BatchedPotential:
         self._fast_value = self._fast_grad = self.gradient_graph = self.traced_gradient = None
         if evaluation == "eager" or self._batched_grad == self._loop_grad:
             return False
-        traced_grad = self._traced(self._batched_grad, example)
-        traced_value = self._traced(self._batched_log_density, example)
+        try:
+            with pyro.validation_enabled(False), poutine.block():
+                grad_graph = trace_graph(self._batched_grad, example)
+            forward = value_graph(grad_graph)  # before _traced edits the graph in place
+        except Exception:  # noqa: BLE001 - any tracing limitation means: run the model
+            grad_graph = forward = None
+        traced_grad = grad_graph and self._traced(self._batched_grad, example, grad_graph)
+        traced_value = forward and self._traced(self._batched_log_density, example, forward)
         if traced_grad is None or traced_value is None:
             if evaluation != "auto":
                 warnings.warn("the traced potential disagrees with the model (it branches on "
@@ -223,10 +231,11 @@ class BatchedPotential:
 
         return log_density_and_grad
 
-    def _traced(self, function: Callable, example: torch.Tensor):
-        """``(fast, graph, traced)`` for ``function`` traced at ``example`` if it matches
-        the model at random points, else None: the graph run by TorchScript's Static
-        Runtime, the graph kept for compiling, and the TorchScript module of the first."""
+    def _traced(self, function: Callable, example: torch.Tensor, graph: fx.GraphModule):
+        """``(fast, graph, traced)`` for ``graph`` (``function`` traced at ``example``) if
+        it matches ``function`` at random points, else None: the graph run by
+        TorchScript's Static Runtime, the graph kept for compiling, and the TorchScript
+        module of the first."""
 
         def reference(flat: torch.Tensor):
             with pyro.validation_enabled(False), poutine.block():
@@ -238,8 +247,6 @@ class BatchedPotential:
              .to(example.device) * scale) for scale in (0.5, 1.5, 3.0)
         ]
         try:
-            with pyro.validation_enabled(False), poutine.block():
-                graph = trace_graph(function, example)
             # the graph run by TorchScript may fold the data's values into its code;
             # the one kept for compiling may not (its code keys Inductor's cache)
             scripted = copy.deepcopy(graph)

@@ -28,6 +28,7 @@ So the graph is checked against the model at several random points and discarded
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 import math
 import warnings
@@ -313,6 +314,18 @@ def trace_graph(grad_fn: Callable, example: torch.Tensor) -> fx.GraphModule:
     _eliminate_common_subexpressions(gm)
     gm.recompile()
     return gm
+
+
+def value_graph(gm: fx.GraphModule) -> fx.GraphModule:
+    """A copy of a traced ``grad_and_value`` graph that returns only the value (its last
+    output): the forward part, left after dead-code elimination, so that the log density
+    alone needs no second trace of the model (a trace is most of a run's set-up)."""
+    forward = copy.deepcopy(gm)
+    output = next(node for node in forward.graph.nodes if node.op == "output")
+    output.args = (output.args[0][-1],)
+    forward.graph.eliminate_dead_code()
+    forward.recompile()
+    return forward
 
 
 def nan_log_density_to_minus_inf(gm: fx.GraphModule) -> None:

@@ -261,3 +261,31 @@ def test_a_nan_log_density_reads_as_minus_inf_and_infinities_stay():
     nan_log_density_to_minus_inf(graph)
     point = torch.tensor([[-1.0, 0.0], [0.0, 1.0], [2.0, math.inf], [1.0, 3.0]], dtype=DTYPE)
     assert graph(point).tolist() == [-math.inf, -math.inf, math.inf, 3.0]
+
+
+@pytest.mark.parametrize("model", ["eight_schools", "logistic_regression", "kidiq"])
+def test_the_value_graph_is_the_forward_part_of_the_gradient_graph(model):
+    """The log density alone comes from the traced gradient by dead-code elimination, not
+    from a second trace: the same values, bit for bit, as tracing the log density itself,
+    with none of the gradient's operations left."""
+    import pyro
+
+    from bayesdl.device import run_context
+    from bayesdl.inference.potential import BatchedPotential
+    from bayesdl.inference.traced_potential import value_graph
+    from bayesdl.model_source import load_model_spec
+
+    with run_context(torch.device("cpu"), DTYPE), pyro.validation_enabled(False):
+        spec = load_model_spec(model, None, {}, torch.device("cpu"), DTYPE)
+        potential = BatchedPotential(spec.model, spec.data)
+        example = torch.zeros(4, potential.dim, dtype=DTYPE)
+        with pyro.poutine.block():
+            gradient = trace_graph(potential._batched_grad, example)
+            traced_alone = trace_graph(potential._batched_log_density, example)
+        forward = value_graph(gradient)
+        points = torch.randn(4, potential.dim, dtype=DTYPE,
+                             generator=torch.Generator().manual_seed(3))
+        assert torch.equal(forward(points), traced_alone(points))
+        assert torch.equal(forward(points), gradient(points)[1])
+    assert len(_operations(forward)) <= len(_operations(traced_alone))
+    assert len(_operations(forward)) < len(_operations(gradient))
