@@ -289,3 +289,40 @@ def test_the_value_graph_is_the_forward_part_of_the_gradient_graph(model):
         assert torch.equal(forward(points), gradient(points)[1])
     assert len(_operations(forward)) <= len(_operations(traced_alone))
     assert len(_operations(forward)) < len(_operations(gradient))
+
+
+def test_a_trace_builds_one_fake_tensor_mode_and_the_same_graph(monkeypatch):
+    """``make_fx`` records every node's shape with a fake tensor; traced in one
+    tracing context it builds one fake mode instead of one per node, and the graph is
+    the same."""
+    import contextlib
+
+    import pyro
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from bayesdl.device import run_context
+    from bayesdl.inference.potential import BatchedPotential
+    from bayesdl.model_source import load_model_spec
+
+    built = []
+    original_init = FakeTensorMode.__init__
+
+    def counted_init(self, *args, **kwargs):
+        built.append(1)
+        original_init(self, *args, **kwargs)
+
+    monkeypatch.setattr(FakeTensorMode, "__init__", counted_init)
+    codes, modes = [], []
+    with run_context(torch.device("cpu"), DTYPE), pyro.validation_enabled(False):
+        spec = load_model_spec("eight_schools", None, {}, torch.device("cpu"), DTYPE)
+        potential = BatchedPotential(spec.model, spec.data)
+        example = torch.zeros(4, potential.dim, dtype=DTYPE)
+        for one_mode in (True, False):
+            if not one_mode:
+                monkeypatch.setattr(traced_potential, "_one_fake_mode", contextlib.nullcontext)
+            built.clear()
+            with pyro.poutine.block():
+                codes.append(trace_graph(potential._batched_grad, example).code)
+            modes.append(len(built))
+    assert codes[0] == codes[1]
+    assert modes[0] == 1 and modes[1] > 50, modes
