@@ -107,7 +107,8 @@ def main() -> None:
     def per_draw_line(posterior: str, label: str, method: str, options: dict) -> str:
         ms, phases = per_draw_ms(posterior, method, chains, warmup, draws, ns.device, options)
         return (f"{posterior:20} {label:26} {ms:8.2f} ms per draw after warm-up; set-up "
-                f"{phases['setup_s']:.2f} s, warm-up {phases['warmup_s']:.2f} s, "
+                f"{phases['setup_s']:.2f} s (tracing {phases.get('trace_s', 0):.2f}, building "
+                f"{phases.get('build_s', 0):.2f}), warm-up {phases['warmup_s']:.2f} s, "
                 f"after {phases['after_s']:.2f} s")
 
     def profile_section(posterior: str, label: str, method: str, options: dict) -> str:

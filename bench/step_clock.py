@@ -53,10 +53,49 @@ def phase_clock(method: str, warmup: int, draws: int, device: str) -> Iterator[d
         return clock
 
     phases: dict[str, float] = {}
-    with step_hooks(method, warmup, draws, read("draws"), read("end"), read("first")):
+    spent: dict[str, float] = {}
+    with step_hooks(method, warmup, draws, read("draws"), read("end"), read("first")), \
+            _timed_builds(device, spent):
         yield phases
     stop = time.perf_counter()
     if {"first", "draws", "end"} <= reads.keys():
         phases.update(setup_s=reads["first"] - reads["start"],
                       warmup_s=reads["draws"] - reads["first"],
                       draws_s=reads["end"] - reads["draws"], after_s=stop - reads["end"])
+        phases.update(spent)
+
+
+@contextlib.contextmanager
+def _timed_builds(device: str, spent: dict[str, float]) -> Iterator[None]:
+    """Seconds in the set-up's two big parts, added to ``spent``: tracing and checking
+    the potential (``trace_s``) and building the trajectory or tree (``build_s``: scripting,
+    CUDA-graph capture and the first runs that TorchScript profiles and fuses)."""
+    from bayesdl.inference import chees, nuts
+    from bayesdl.inference.potential import BatchedPotential
+
+    def timed(owner: object, name: str, key: str) -> None:
+        original = getattr(owner, name)
+
+        def run(*args, **kwargs):
+            if device == "cuda":
+                torch.cuda.synchronize()
+            started = time.perf_counter()
+            result = original(*args, **kwargs)
+            if device == "cuda":
+                torch.cuda.synchronize()
+            spent[key] = spent.get(key, 0.0) + time.perf_counter() - started
+            return result
+
+        patched.append((owner, name, original))
+        setattr(owner, name, run)
+
+    patched: list[tuple[object, str, object]] = []
+    timed(BatchedPotential, "accelerate", "trace_s")
+    timed(chees, "leapfrog_trajectory", "build_s")
+    timed(nuts, "scripted_tree", "build_s")
+    timed(nuts.NUTSKernel, "_graphed_tree", "build_s")
+    try:
+        yield
+    finally:
+        for owner, name, original in reversed(patched):
+            setattr(owner, name, original)
