@@ -10,6 +10,15 @@ import torch
 
 from bayesdl.errors import BayesdlError
 
+
+def generator_device(generator: torch.Generator | None) -> torch.device | None:
+    """Where to draw from ``generator``: on its own device, since a run on CUDA makes CUDA
+    torch's default device (:func:`run_context`) and a CPU generator cannot fill a CUDA
+    tensor (the same numbers as on a CPU run, then moved); None (the default device)
+    without a generator."""
+    return None if generator is None else generator.device
+
+
 DTYPES = {"float64": torch.float64, "float32": torch.float32}
 
 

@@ -73,6 +73,8 @@ def _timed_builds(device: str, spent: dict[str, float]) -> Iterator[None]:
     from bayesdl.inference import chees, nuts
     from bayesdl.inference.potential import BatchedPotential
 
+    patched: list[tuple[object, str, object]] = []
+
     def timed(owner: object, name: str, key: str) -> None:
         original = getattr(owner, name)
 
@@ -89,7 +91,6 @@ def _timed_builds(device: str, spent: dict[str, float]) -> Iterator[None]:
         patched.append((owner, name, original))
         setattr(owner, name, run)
 
-    patched: list[tuple[object, str, object]] = []
     timed(BatchedPotential, "accelerate", "trace_s")
     timed(chees, "leapfrog_trajectory", "build_s")
     timed(nuts, "scripted_tree", "build_s")

@@ -16,6 +16,7 @@ import math
 
 import torch
 
+from bayesdl.device import generator_device
 from bayesdl.errors import BayesdlError
 
 TensorLike = torch.Tensor | float
@@ -27,23 +28,17 @@ def _open_unit(u: torch.Tensor, name: str) -> torch.Tensor:
     return u
 
 
-def _device_of(generator: torch.Generator | None) -> torch.device | None:
-    """The generator's device (a run on CUDA sets the default device, which a CPU
-    generator cannot fill); the default device without one."""
-    return None if generator is None else generator.device
-
-
 def uniform_noise(shape: tuple[int, ...], generator: torch.Generator | None = None,
                   dtype: torch.dtype = torch.float64) -> torch.Tensor:
     """Uniform draws on the open interval (0, 1) (a zero would make ``log u`` infinite)."""
-    u = torch.rand(shape, generator=generator, dtype=dtype, device=_device_of(generator))
+    u = torch.rand(shape, generator=generator, dtype=dtype, device=generator_device(generator))
     return u.clamp(min=torch.finfo(dtype).tiny)
 
 
 def normal_noise(shape: tuple[int, ...], generator: torch.Generator | None = None,
                  dtype: torch.dtype = torch.float64) -> torch.Tensor:
     """Standard normal draws."""
-    return torch.randn(shape, generator=generator, dtype=dtype, device=_device_of(generator))
+    return torch.randn(shape, generator=generator, dtype=dtype, device=generator_device(generator))
 
 
 def exponential(u: torch.Tensor, rate: TensorLike = 1.0) -> torch.Tensor:

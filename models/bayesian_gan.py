@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from bayesdl.device import generator_device
 from bayesdl.errors import BayesdlError
 from bayesdl.inference.counter_rng import ChainRNG
 from bayesdl.inference.sghmc import SGHMCKernel
@@ -60,9 +61,9 @@ class BatchedMLP:
         parts = []
         for a, b in self.shapes:
             bound = 1 / math.sqrt(a)
-            parts.append((2 * torch.rand(num, a * b + b, generator=generator, dtype=dtype) - 1)
-                         * bound)
-        return torch.cat(parts, -1)
+            parts.append((2 * torch.rand(num, a * b + b, generator=generator, dtype=dtype,
+                                         device=generator_device(generator)) - 1) * bound)
+        return torch.cat(parts, -1).to(torch.get_default_device())
 
     def __call__(self, params: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """``params [J, P]``, ``x [J, n, in]`` -> ``[J, n, out]`` (leaky ReLU between layers)."""
@@ -219,13 +220,14 @@ def train_gan(data: torch.Tensor, settings: GANSettings | None = None,
     d_rng = ChainRNG([settings.seed * 7_919 + 10_000 + j for j in range(jd)])
 
     def refresh(step: int) -> None:
-        index = torch.randint(0, n_data, (settings.batch_size,), generator=generator)
+        index = torch.randint(0, n_data, (settings.batch_size,), generator=generator,
+                              device=generator_device(generator))
         current["batch"] = data[index][None]
         z = prior.sample((settings.num_z,)) if latent_chains is None else latent_chains.sample()
         current["z"] = z.to(dtype)[None]
         if semi:
             pick = labelled[torch.randint(0, len(labelled), (min(settings.batch_size, len(labelled)),),
-                                          generator=generator)]
+                                          generator=generator, device=generator_device(generator))]
             current["labelled"] = (data[pick][None], labels[pick][None])
 
     refresh(0)
@@ -263,5 +265,5 @@ def choose_labelled(labels: torch.Tensor, num_labelled: int, num_classes: int, s
     picks = []
     for k, rows in enumerate(per_class):
         count = num_labelled // num_classes + (1 if k < num_labelled % num_classes else 0)
-        picks.append(rows[torch.randperm(len(rows), generator=generator)[:count]])
+        picks.append(rows[torch.randperm(len(rows), generator=generator, device="cpu")[:count]])
     return torch.cat(picks)

@@ -26,7 +26,7 @@ def digits(split: str = "train", binarise: bool = False, dtype: torch.dtype = to
     pixels, labels = load_bundled_digits()
     x = torch.as_tensor(pixels, dtype=dtype) / 16.0
     y = torch.as_tensor(labels, dtype=torch.int64)
-    order = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(20240601))
+    order = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(20240601), device="cpu")
     x, y = x[order], y[order]
     if binarise:
         x = (x > 0.5).to(dtype)

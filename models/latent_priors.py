@@ -209,7 +209,8 @@ class GaussianMixturePrior(_MixturePrior):
                                f"{num_components}")
         self.dim, self.num_components = dim, num_components
         generator = torch.Generator().manual_seed(seed)
-        loc = init_spread * torch.randn(num_components, dim, generator=generator)
+        loc = init_spread * torch.randn(num_components, dim, generator=generator,
+                                        device="cpu").to(torch.get_default_device())
         self.loc = nn.Parameter(loc)
         self.log_scale = nn.Parameter(torch.zeros(num_components, dim))
         logits = torch.zeros(num_components)
@@ -253,7 +254,8 @@ class DirichletProcessPrior(_MixturePrior):
         generator = torch.Generator().manual_seed(seed)
         # sticks start at their prior mean 1 / (1 + alpha)
         self.stick_logit = nn.Parameter(torch.full((truncation - 1,), -math.log(alpha)))
-        self.loc = nn.Parameter(0.5 * base_scale * torch.randn(truncation, dim, generator=generator))
+        self.loc = nn.Parameter(0.5 * base_scale * torch.randn(truncation, dim, generator=generator,
+                                                               device="cpu").to(torch.get_default_device()))
         self.log_scale = nn.Parameter(torch.zeros(truncation, dim))
 
     def sticks(self) -> torch.Tensor:

@@ -39,6 +39,7 @@ import torch
 from torch import nn
 
 from bayesdl.data_schema import DataField
+from bayesdl.device import generator_device
 from bayesdl.errors import BayesdlError
 from bayesdl.inference.particle_filter import StateSpaceModel, filter_series
 from bayesdl.models.kalman import kalman_filter, kalman_log_likelihood
@@ -63,9 +64,10 @@ class CoordinatedTurn:
 
     def initial(self, n: int, generator: torch.Generator | None, dtype=torch.float64) -> torch.Tensor:
         """Draws of the first state: at the origin, any heading, speed ~ 1, turn ~ N(0, 0.1^2)."""
-        u = torch.rand(n, generator=generator, dtype=dtype)
-        e = torch.randn(n, 2, generator=generator, dtype=dtype)
-        zeros = torch.zeros(n, dtype=dtype)
+        device = generator_device(generator)
+        u = torch.rand(n, generator=generator, dtype=dtype, device=device)
+        e = torch.randn(n, 2, generator=generator, dtype=dtype, device=device)
+        zeros = torch.zeros(n, dtype=dtype, device=u.device)
         return torch.stack([zeros, zeros, 2 * math.pi * u, 1 + 0.1 * e[:, 0], 0.1 * e[:, 1]], -1)
 
     def transition(self, x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
@@ -107,7 +109,8 @@ def coordinated_turn_tracks(num_sequences: int, num_steps: int, seed: int = 0,
         x = task.transition(x, generator)
         states.append(x)
     positions = torch.stack(states, 1)[..., :2]
-    noise = task.obs_sd * torch.randn(positions.shape, generator=generator, dtype=positions.dtype)
+    noise = task.obs_sd * torch.randn(positions.shape, generator=generator, dtype=positions.dtype,
+                                      device=positions.device)
     return positions, positions + noise
 
 
@@ -218,7 +221,7 @@ def train_supervised(net: LSTMKalmanFilter, positions: torch.Tensor, observation
     optimiser = torch.optim.Adam(net.parameters(), lr=lr)
     losses = []
     for _ in range(steps):
-        index = torch.randint(0, positions.shape[0], (batch_size,), generator=generator)
+        index = torch.randint(0, positions.shape[0], (batch_size,), generator=generator, device="cpu")
         loss = (net(observations[index]).filtered_mean - positions[index]).pow(2).sum(-1).mean()
         optimiser.zero_grad()
         loss.backward()

@@ -73,7 +73,8 @@ def init_rbm(num_visible: int, num_hidden: int, scale: float = 0.01, seed: int =
              dtype: torch.dtype = torch.float64) -> RBM:
     """Weights ``N(0, scale^2)``, biases 0 (as scikit-learn's BernoulliRBM starts)."""
     generator = torch.Generator().manual_seed(seed)
-    weight = scale * torch.randn(num_visible, num_hidden, generator=generator, dtype=dtype)
+    weight = scale * torch.randn(num_visible, num_hidden, generator=generator, dtype=dtype,
+                                 device="cpu").to(torch.get_default_device())
     return RBM(weight, torch.zeros(num_visible, dtype=dtype), torch.zeros(num_hidden, dtype=dtype))
 
 
@@ -321,7 +322,7 @@ def rbm_data(num_points: int = 200, seed: int = 0) -> dict:
     from bayesdl.models.digits import digits
 
     images, _ = digits("train", binarise=True)
-    order = torch.randperm(images.shape[0], generator=torch.Generator().manual_seed(seed))
+    order = torch.randperm(images.shape[0], generator=torch.Generator().manual_seed(seed), device="cpu")
     return {"v": images[order[:num_points]].tolist()}
 
 

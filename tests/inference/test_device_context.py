@@ -42,6 +42,31 @@ def test_sampling_names_the_device_of_generated_noise(method):
     assert not mode.places, f"a generator without a device at {sorted(mode.places)}"
 
 
+def _model_draws() -> None:
+    """The seeded draws that built-in models make inside a run (data, initial weights)."""
+    from bayesdl.models.bayesian_gan import BatchedMLP, choose_labelled
+    from bayesdl.models.digits import digits
+    from bayesdl.models.latent_priors import DirichletProcessPrior, GaussianMixturePrior
+    from bayesdl.models.lstm_kalman import coordinated_turn_tracks
+    from bayesdl.models.rbm import init_rbm, rbm_data
+
+    digits("train")
+    rbm_data(num_points=10)
+    init_rbm(6, 3)
+    GaussianMixturePrior(2, num_components=3)
+    DirichletProcessPrior(2, truncation=4)
+    coordinated_turn_tracks(2, 5)
+    BatchedMLP([3, 4, 1]).init(2, torch.Generator().manual_seed(0), torch.float64)
+    choose_labelled(torch.tensor([0, 1, 0, 1, 1]), 2, 2)
+
+
+def test_built_in_models_name_the_device_of_generated_noise():
+    mode = GeneratorWithoutDevice()
+    with mode:
+        _model_draws()
+    assert not mode.places, f"a generator without a device at {sorted(mode.places)}"
+
+
 def test_the_check_sees_a_generator_without_a_device():
     mode = GeneratorWithoutDevice()
     with mode:
