@@ -177,7 +177,7 @@ def _ess(draws: np.ndarray) -> np.ndarray:
         return np.full(draws.shape[2], float(draws.shape[0] * draws.shape[1]))
     out = np.empty(draws.shape[2])
     for k in range(draws.shape[2]):
-        value = float(az.ess(draws[:, :, k], method="bulk"))
+        value = np.asarray(az.ess(draws[:, :, k], method="bulk")).item()
         out[k] = value if math.isfinite(value) else 1.0
     return out
 

@@ -70,15 +70,33 @@ def collector_frozen() -> Iterator[None]:
 
 
 @contextlib.contextmanager
+def _torchscript_fuser_off() -> Iterator[None]:
+    """TorchScript's NNC fuser and its legacy GPU fuser off, restored after (what
+    ``torch.jit.fuser("none")`` does, without its nvfuser deprecation warnings)."""
+    texpr, gpu = torch._C._jit_texpr_fuser_enabled(), torch._C._jit_can_fuse_on_gpu()
+    torch._C._jit_set_texpr_fuser_enabled(False)
+    torch._C._jit_override_can_fuse_on_gpu(False)
+    try:
+        yield
+    finally:
+        torch._C._jit_set_texpr_fuser_enabled(texpr)
+        torch._C._jit_override_can_fuse_on_gpu(gpu)
+
+
+@contextlib.contextmanager
 def run_context(device: torch.device, dtype: torch.dtype) -> Iterator[None]:
     """Default dtype (and, on CUDA, default device) for tensors a model creates; the
-    cycle collector spares the objects that existed before (:func:`collector_frozen`)."""
+    cycle collector spares the objects that existed before (:func:`collector_frozen`).
+
+    On CUDA, TorchScript's fuser is off for the run: it compiles its CUDA kernels at the
+    first calls (0.26 s of eight schools' set-up on an H200) and its kernels made a
+    ChEES draw slower, not faster (1.25 vs 1.15 ms; bench/README.md, tenth session)."""
     previous = torch.get_default_dtype()
     torch.set_default_dtype(dtype)
     try:
         with collector_frozen():
             if device.type == "cuda":
-                with torch.device(device):
+                with torch.device(device), _torchscript_fuser_off():
                     yield
             else:
                 yield

@@ -73,8 +73,8 @@ ALL=eight_schools,logistic_regression,gaussian_100d
 run_bench 100 bayesdl_chees_1024 "$ALL"
 # (SKIP_NUMPYRO=1 when an earlier call this session already measured it)
 [[ -n "${SKIP_NUMPYRO:-}" ]] || JAX_PLATFORMS=cpu run_bench 90 numpyro_nuts_1024 eight_schools
-# 3. where a draw's device time goes (CUDA graph or not, NUTS's per-leaf syncs, TorchScript's
-#    fuser) and how long set-up takes
+# 3. where a draw's device time goes (CUDA graph or not, NUTS's per-leaf syncs) and how
+#    long set-up takes
 timeout 150 python3 bench/gpu_profile.py $QUICK --out "$OUT/profile.txt" 2>&1 | grep -v "^USDT" | tail -5
 run_bench 150 bayesdl_nuts_1024,bayesdl_chees_compile_1024,bayesdl_chees_compile_warm_1024 \
     eight_schools,gaussian_100d

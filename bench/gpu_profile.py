@@ -8,9 +8,9 @@ say what to change next:
 
 - the cost of one draw after warm-up (the clock read at the first draw and after the
   last) for ChEES and NUTS with and without CUDA graphs, and NUTS with a check of
-  whether any chain still builds after every leaf (the default: every 4), and ChEES
-  with TorchScript's fuser off, 1024 chains; with each, the run's set-up, warm-up and
-  after-the-draws seconds (:mod:`step_clock`);
+  whether any chain still builds after every leaf (the default: every 4), 1024 chains
+  (TorchScript's fuser is off on CUDA runs since the tenth session's figures); with
+  each, the run's set-up, warm-up and after-the-draws seconds (:mod:`step_clock`);
 - a ``torch.profiler`` table of 20 draws after warm-up (operators by device time) and the
   host-device synchronisations it made (``cudaStreamSynchronize``, device-to-host
   copies), which is what NUTS's checks cost.
@@ -19,7 +19,6 @@ say what to change next:
 from __future__ import annotations
 
 import argparse
-import contextlib
 import sys
 from collections.abc import Callable
 
@@ -32,8 +31,6 @@ RUNS = [  # (label, method, options)
     ("nuts", "nuts", {}),
     ("nuts, cuda_graph=false", "nuts", {"cuda_graph": False}),
     ("nuts, leaves_per_check=1", "nuts", {"leaves_per_check": 1}),
-    # TorchScript's fuser off: does compiling its fused CUDA kernels make the set-up long?
-    ("chees, no TorchScript fuser", "chees", {"torchscript_fuser": "none"}),
 ]
 SYNC_EVENTS = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaMemcpyAsync",
                "cudaEventSynchronize", "aten::_local_scalar_dense")
@@ -43,11 +40,8 @@ def _infer(posterior: str, method: str, chains: int, warmup: int, draws: int, de
            options: dict) -> None:
     import bayesdl
 
-    options = dict(options)
-    fuser = options.pop("torchscript_fuser", None)
-    with torch.jit.fuser(fuser) if fuser else contextlib.nullcontext():
-        bayesdl.infer(posterior, method=method, chains=chains, warmup=warmup, draws=draws,
-                      seed=1, progress=False, device=device, **options)
+    bayesdl.infer(posterior, method=method, chains=chains, warmup=warmup, draws=draws,
+                  seed=1, progress=False, device=device, **options)
 
 
 def per_draw_ms(posterior: str, method: str, chains: int, warmup: int, draws: int,

@@ -87,6 +87,22 @@ def _uniform_streams(keys: torch.Tensor, counters: torch.Tensor, column_stream: 
                                   + (column_element * -3335678366873096957)[None, :]))
 
 
+@torch.jit.script
+def _uniform_grid_counter(keys: torch.Tensor, counter: torch.Tensor, numel: int) -> torch.Tensor:
+    """:func:`_uniform_grid` with the counter a 0-dim int64 tensor (the same bits)."""
+    row = _mix_scripted(keys ^ counter)
+    element = torch.arange(1, numel + 1, dtype=torch.int64, device=keys.device)
+    return _to_unit(_mix_scripted(row[:, None] + element[None, :] * -3335678366873096957))
+
+
+def uniform_grid_at(keys: torch.Tensor, step: torch.Tensor, stream: int, numel: int) -> torch.Tensor:
+    """``ChainRNG.uniform(step, stream, (numel,))`` (float64, ``[C, numel]``) with ``step`` a
+    0-dim int64 tensor on the keys' device: the same bits with no number from the host,
+    for code captured as a CUDA graph (the counter's int64 products wrap like
+    :func:`_counter`'s uint64 arithmetic)."""
+    return _uniform_grid_counter(keys, (step * 0x10001 + stream) * _STEP, numel)
+
+
 @functools.cache
 def _stream_columns(sizes: tuple[int, ...], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """Which stream and which (1-based) element each column of a block of streams is."""

@@ -1,7 +1,10 @@
 """Static-trajectory Hamiltonian Monte Carlo with the chain as a tensor dimension.
 
-Each chain integrates ``ceil(trajectory_length / step_size)`` leapfrog steps (or a
-fixed ``num_steps``), then accepts the end point with probability
+Each chain integrates ``ceil(u * trajectory_length / step_size)`` leapfrog steps (or
+``ceil(u * num_steps)``), ``u ~ U(0, 1]`` drawn per chain and transition (``jitter``;
+without it ``u = 1``): a fixed length is periodic on near-Gaussian targets, where it
+returns chains near their start and makes ESS estimates overshoot (Neal 2011, sec. 5.4,
+randomises it for this reason). It then accepts the end point with probability
 ``min(1, exp(H0 - H))``. Chains with shorter trajectories are masked while the others
 finish. Warm-up is Stan's (:mod:`~bayesdl.inference.hmc_warmup`). With a traced
 potential the trajectory is one call (:func:`~bayesdl.inference.trajectory.masked_leapfrog_trajectory`:
@@ -32,6 +35,7 @@ from bayesdl.inference.trajectory import Trajectory, masked_leapfrog_trajectory
 
 MOMENTUM_STREAM = 21
 ACCEPT_STREAM = 22
+JITTER_STREAM = 23
 
 
 class HMCState(NamedTuple):
@@ -58,8 +62,10 @@ class HMCKernel(HamiltonianKernel):
                  trajectory_length: float = 2 * math.pi, target_accept: float = 0.8,
                  dense_mass: bool = False, max_energy_error: float = 1000.0,
                  init_step_size: float = 1.0, max_steps: int = 1024,
-                 traced_gradient: TracedGradient | None = None, cuda_graph: bool = True):
+                 traced_gradient: TracedGradient | None = None, cuda_graph: bool = True,
+                 jitter: bool = True):
         self.potential_fn = potential_fn
+        self.jitter = jitter
         self.traced_gradient = traced_gradient
         self.cuda_graph = cuda_graph
         self.trajectory: Trajectory | None = None
@@ -92,7 +98,10 @@ class HMCKernel(HamiltonianKernel):
         if self.num_steps:
             steps = torch.full_like(step_size, float(self.num_steps))
         else:
-            steps = torch.ceil(self.trajectory_length / step_size).clamp(1, self.max_steps)
+            steps = self.trajectory_length / step_size
+        if self.jitter:
+            steps = steps * (1 - rng.uniform(step_index, JITTER_STREAM, (), step_size.dtype))
+        steps = torch.ceil(steps).clamp(1, self.num_steps or self.max_steps)
         momentum = sample_momentum(rng, step_index, MOMENTUM_STREAM, metric, point0.position)
         energy0 = hamiltonian(point0, momentum, metric)
         longest = int(steps.max())  # one host read per transition

@@ -49,13 +49,16 @@ class NUTSOptions:
 
 @dataclass
 class HMCOptions:
-    """Options of ``--method hmc``; ``num_steps=0`` uses ``trajectory_length``.
+    """Options of ``--method hmc``; ``num_steps=0`` uses ``trajectory_length``;
+    ``jitter``: each transition integrates a uniform fraction in (0, 1] of that length
+    (false: all of it, which resonates on near-Gaussian targets).
     ``backend``, ``potential``, ``jit`` and ``cuda_graph`` as for ``nuts``."""
 
     backend: str = "bayesdl"
     target_accept: float = 0.8
     num_steps: int = 0
     trajectory_length: float = 2 * math.pi
+    jitter: bool = True
     dense_mass: bool = False
     init_step_size: float = 1.0
     potential: str = "auto"
@@ -110,7 +113,7 @@ def hmc_kernel(options: HMCOptions, potential_fn, traced_gradient=None) -> HMCKe
     return HMCKernel(potential_fn, options.num_steps, options.trajectory_length,
                      options.target_accept, options.dense_mass,
                      init_step_size=options.init_step_size, traced_gradient=traced_gradient,
-                     cuda_graph=options.cuda_graph)
+                     cuda_graph=options.cuda_graph, jitter=options.jitter)
 
 
 def chees_kernel(options: ChEESOptions, potential_fn, traced_gradient=None) -> ChEESKernel:

@@ -14,7 +14,13 @@ import pytest
 import torch
 from scipy import stats
 
-from bayesdl.inference.counter_rng import ChainRNG, _mix_scripted, mix64, uniform_at
+from bayesdl.inference.counter_rng import (
+    ChainRNG,
+    _mix_scripted,
+    mix64,
+    uniform_at,
+    uniform_grid_at,
+)
 
 MASK = (1 << 64) - 1
 GOLDEN = 0x9E3779B97F4A7C15
@@ -103,6 +109,15 @@ def test_uniform_at_gives_the_grid_bits_for_tensor_counters():
             assert torch.equal(uniform_at(rng.keys, step_t, stream_t, element), grid[:, element])
             assert torch.equal(uniform_at(rng.keys, step_t, stream_t, torch.tensor(element)),
                                grid[:, element])
+
+
+def test_uniform_grid_at_gives_the_grid_bits_for_a_tensor_step():
+    """The form ChEES's CUDA-graphed transition draws with (the step a device tensor)
+    equals the host-counter grid bit for bit, at large steps."""
+    rng = ChainRNG([3, -5, 2**40, 7])
+    for step, stream, numel in [(0, 31, 1), (12_345, 32, 10), (2**31 + 3, 31, 7)]:
+        expected = rng.uniform(step, stream, (numel,))
+        assert torch.equal(uniform_grid_at(rng.keys, torch.tensor(step), stream, numel), expected)
 
 
 # ----------------------------------------------------------------- distributions

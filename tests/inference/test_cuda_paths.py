@@ -94,3 +94,14 @@ def test_cuda_nuts_runs_end_to_end_on_four_chains(monkeypatch, cuda_graph):
     stats = idata.sample_stats
     assert np.isfinite(stats["energy"].values).all()
     assert 0.5 < float(stats["acceptance_rate"].mean()) < 1.0
+
+
+def test_cuda_runs_switch_torchscripts_fuser_off_and_restore_it():
+    """A CUDA run compiles no NNC kernels (slower set-up and draws on an H100/H200); the
+    setting is the run's only: a CPU run, and the code after, keep theirs."""
+    before = torch._C._jit_texpr_fuser_enabled()
+    with run_context(torch.device("cuda"), torch.float64):
+        assert not torch._C._jit_texpr_fuser_enabled()
+    assert torch._C._jit_texpr_fuser_enabled() == before
+    with run_context(torch.device("cpu"), torch.float64):
+        assert torch._C._jit_texpr_fuser_enabled() == before

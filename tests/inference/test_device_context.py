@@ -73,3 +73,15 @@ def test_the_check_sees_a_generator_without_a_device():
         torch.randn(3, generator=torch.Generator().manual_seed(0))
         torch.randn(3, generator=torch.Generator().manual_seed(0), device="cpu")
     assert len(mode.places) == 1
+
+
+def test_the_fuser_switch_turns_torchscripts_fusers_off_and_restores_them():
+    """What a CUDA run does to TorchScript's fusers (``run_context``), checked on the CPU:
+    off inside, restored after, also when the run raises."""
+    from bayesdl.device import _torchscript_fuser_off
+    before = (torch._C._jit_texpr_fuser_enabled(), torch._C._jit_can_fuse_on_gpu())
+    with pytest.raises(RuntimeError), _torchscript_fuser_off():
+        assert not torch._C._jit_texpr_fuser_enabled()
+        assert not torch._C._jit_can_fuse_on_gpu()
+        raise RuntimeError("a model that raises")
+    assert (torch._C._jit_texpr_fuser_enabled(), torch._C._jit_can_fuse_on_gpu()) == before

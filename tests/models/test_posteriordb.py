@@ -115,7 +115,8 @@ def compare(parts: list[az.InferenceData],
     for name, ref in reference.items():
         draws = np.concatenate([parameter_draws(idata, name) for idata in parts], axis=0)
         mean, sd = float(draws.mean()), float(draws.std(ddof=1))
-        mcse = float(az.mcse(draws, method="mean"))
+        # .item(): with numba installed ArviZ returns a 1-element array
+        mcse = np.asarray(az.mcse(draws, method="mean")).item()
         z = (mean - ref["mean"]) / math.hypot(mcse, ref["mcse_mean"])
         rows.append({"name": name, "mean": mean, "ref_mean": ref["mean"], "mcse": mcse,
                      "ref_mcse": ref["mcse_mean"], "z": z, "sd": sd, "ref_sd": ref["sd"],
