@@ -57,7 +57,7 @@ cat "$OUT/env.txt"
 
 # 1. the CUDA tests (skipped on a CPU-only machine): counter RNG bits, the CUDA-graph
 #    trajectory, NUTS and ChEES on CUDA against the same run on the CPU
-timeout 100 python3 -P -m pytest -q -p no:cacheprovider -o addopts="" -k cuda \
+timeout 130 python3 -P -m pytest -q -p no:cacheprovider -o addopts="" -k cuda \
     tests/inference/test_counter_rng.py tests/inference/test_trajectory.py \
     tests/inference/test_cuda_paths.py 2>&1 | tee "$OUT/tests.log" | tail -15
 

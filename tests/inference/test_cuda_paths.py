@@ -105,3 +105,37 @@ def test_cuda_runs_switch_torchscripts_fuser_off_and_restore_it():
     assert torch._C._jit_texpr_fuser_enabled() == before
     with run_context(torch.device("cpu"), torch.float64):
         assert torch._C._jit_texpr_fuser_enabled() == before
+
+
+def test_cuda_chees_graphed_transition_takes_the_op_by_op_draws(monkeypatch):
+    """ChEES's transition captured as CUDA graphs (momentum draw, acceptance with
+    adaptation; the trajectory's steps) takes the draws of the same run launched op by op,
+    and every capture succeeds (no fallback warning)."""
+    import bayesdl.inference.chees as chees
+
+    captured = []
+    original = chees.graphed_call
+
+    def counted(*args, **kwargs):
+        call = original(*args, **kwargs)
+        captured.append(call)
+        return call
+
+    monkeypatch.setattr(chees, "graphed_call", counted)
+    runs = {}
+    for cuda_graph in (True, False):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            runs[cuda_graph] = bayesdl.infer("eight_schools", method="chees", chains=128,
+                                             warmup=150, draws=50, seed=3, progress=False,
+                                             device="cuda", cuda_graph=cuda_graph)
+        assert not [w for w in caught if "CUDA graph" in str(w.message)], \
+            [str(w.message) for w in caught]
+    assert len(captured) == 3  # begin, finish with adaptation, finish: once each
+    graphed, plain = runs[True], runs[False]
+    for name in ("mu", "tau", "theta_trans"):
+        np.testing.assert_allclose(graphed.posterior[name].values, plain.posterior[name].values,
+                                   rtol=1e-10, atol=1e-10)
+    for name in ("step_size", "n_steps", "acceptance_rate"):
+        np.testing.assert_allclose(graphed.sample_stats[name].values,
+                                   plain.sample_stats[name].values, rtol=1e-10, atol=1e-12)
