@@ -71,6 +71,10 @@ run_bench() {
 }
 ALL=eight_schools,logistic_regression,gaussian_100d
 run_bench 100 bayesdl_chees_1024 "$ALL"
+# the ">= 1024 chains": 4096 chains, where 1024 leave the GPU idle between launches
+# (NumPyro's min-ESS/s on a CPU grows 18% from 1024 to 4096 chains: bench/README.md,
+# eleventh session; compare with 1.18x its 1024-chain figure)
+run_bench 60 bayesdl_chees_4096 eight_schools
 # (SKIP_NUMPYRO=1 when an earlier call this session already measured it)
 [[ -n "${SKIP_NUMPYRO:-}" ]] || JAX_PLATFORMS=cpu run_bench 90 numpyro_nuts_1024 eight_schools
 # 3. where a draw's device time goes (CUDA graph or not, NUTS's per-leaf syncs) and how
