@@ -17,6 +17,7 @@ from pyro import poutine
 from pyro.infer import Predictive
 from pyro.poutine.messenger import Messenger
 from torch.func import vmap
+from torch.utils._pytree import tree_map
 
 CHUNK = 4096
 
@@ -82,22 +83,27 @@ def _posterior_predictive(model, data, observed: list[str], flat: dict[str, torc
 
 
 def _map_draws(function, latent_flat: dict[str, torch.Tensor]):
-    """``function`` over the leading axis of ``latent_flat``, vmapped in chunks."""
+    """``function`` over the leading axis of ``latent_flat``, vmapped in chunks, each
+    written into the output as it comes (no concatenation: one copy of the output in
+    memory, which for a pointwise log-likelihood of many chains is the largest array
+    of a run)."""
     total = next(iter(latent_flat.values())).shape[0]
-    pieces = []
     batched = vmap(function)
+    output = None
     for start in range(0, total, CHUNK):
         chunk = {k: v[start:start + CHUNK] for k, v in latent_flat.items()}
         try:
-            pieces.append(batched(chunk))
+            piece = batched(chunk)
         except Exception:  # noqa: BLE001 - a model that does not vmap: one draw at a time
             rows = [function({k: v[i] for k, v in chunk.items()})
                     for i in range(next(iter(chunk.values())).shape[0])]
-            pieces.append(torch.utils._pytree.tree_map(lambda *xs: torch.stack(xs), *rows)
-                          if len(rows) > 1 else
-                          torch.utils._pytree.tree_map(lambda x: x[None], rows[0]))
-    return torch.utils._pytree.tree_map(lambda *xs: torch.cat(xs), *pieces) \
-        if len(pieces) > 1 else pieces[0]
+            piece = tree_map(lambda *xs: torch.stack(xs), *rows)
+        if start == 0 and total <= CHUNK:
+            return piece
+        if output is None:
+            output = tree_map(lambda x: x.new_empty((total, *x.shape[1:])), piece)
+        tree_map(lambda out, x, at=start: out[at:at + x.shape[0]].copy_(x), output, piece)
+    return output
 
 
 def replay(model: Callable[..., Any], data: dict[str, Any], draws: dict[str, torch.Tensor],
