@@ -61,13 +61,18 @@ def _to_unit(bits: torch.Tensor) -> torch.Tensor:
 
 
 @torch.jit.script
+def _spread_row(row: torch.Tensor, numel: int) -> torch.Tensor:
+    """``mix64(row + element * _STEP)`` for elements ``1..numel``, ``[C, numel]``."""
+    element = torch.arange(1, numel + 1, dtype=torch.int64, device=row.device)
+    return _mix_scripted(row[:, None] + element[None, :] * -3335678366873096957)
+
+
+@torch.jit.script
 def _hash_grid(keys: torch.Tensor, counter: int, numel: int) -> torch.Tensor:
     """``mix64(mix64(key ^ counter) + element * _STEP)`` for every key and element
     ``1..numel``, ``[C, numel]``, in one scripted call: samplers draw several times per
     transition, and each unscripted operation costs about a microsecond on CPU."""
-    row = _mix_scripted(keys ^ counter)
-    element = torch.arange(1, numel + 1, dtype=torch.int64, device=keys.device)
-    return _mix_scripted(row[:, None] + element[None, :] * -3335678366873096957)
+    return _spread_row(_mix_scripted(keys ^ counter), numel)
 
 
 @torch.jit.script
@@ -90,9 +95,7 @@ def _uniform_streams(keys: torch.Tensor, counters: torch.Tensor, column_stream: 
 @torch.jit.script
 def _uniform_grid_counter(keys: torch.Tensor, counter: torch.Tensor, numel: int) -> torch.Tensor:
     """:func:`_uniform_grid` with the counter a 0-dim int64 tensor (the same bits)."""
-    row = _mix_scripted(keys ^ counter)
-    element = torch.arange(1, numel + 1, dtype=torch.int64, device=keys.device)
-    return _to_unit(_mix_scripted(row[:, None] + element[None, :] * -3335678366873096957))
+    return _to_unit(_spread_row(_mix_scripted(keys ^ counter), numel))
 
 
 def uniform_grid_at(keys: torch.Tensor, step: torch.Tensor, stream: int, numel: int) -> torch.Tensor:
