@@ -210,13 +210,20 @@ def main() -> None:
                         help=f"comma-separated subset (default: all but {', '.join(OPTIONAL)})")
     parser.add_argument("--posteriors", default=",".join(POSTERIORS), help="comma-separated subset")
     parser.add_argument("--jsonl", help="append each finished row to this file as it ends")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="runs of each configuration, interleaved (A B A B ...); the table "
+                             "gives the median wall time and the range (a shared machine's "
+                             "speed drifts by 20%% and more within minutes)")
     ns = parser.parse_args()
+    if ns.repeat < 1:
+        parser.error("--repeat must be at least 1")
     asked = {arg.split("=", 1)[0] for arg in sys.argv[1:]}
     named = "--configs" in asked and "--posteriors" in asked
     if ns.one:
         print(json.dumps(run_one(ns.one[0], ns.one[1], ns.quick, ns.device)))
         return
-    rows = []
+    rows: list[dict] = []
+    left_out: set[str] = set()
     # every library with its own default threads (all cores), as a user gets them; set
     # OMP_NUM_THREADS=1 on a shared machine (see bench/README.md)
     env = dict(os.environ)
@@ -225,9 +232,12 @@ def main() -> None:
     for posterior in ns.posteriors.split(","):
         # Inductor's cache: empty for the cold compile row, then reused by the warm one
         inductor_cache = tempfile.mkdtemp(prefix="bench-inductor-")
-        for config in ns.configs.split(","):
+        runs = [config for _ in range(ns.repeat) for config in ns.configs.split(",")]
+        for config in runs:
             if (config, posterior) in TOO_SLOW and not named:
-                print(f"  {posterior} {config}: left out (name it to run it)", file=sys.stderr)
+                if config not in left_out:
+                    print(f"  {posterior} {config}: left out (name it to run it)", file=sys.stderr)
+                left_out.add(config)
                 continue
             command = [sys.executable, __file__, "--one", config, posterior, "--device", ns.device]
             env["TORCHINDUCTOR_CACHE_DIR"] = inductor_cache
@@ -256,11 +266,12 @@ def main() -> None:
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
           f"torch {torch.__version__} ({torch.get_num_threads()} threads), NumPyro {versions}, "
           f"float64, our device {ns.device}\n")
-    print("| posterior | configuration | chains x (warmup + draws) | wall s | min bulk ESS "
+    wall = "wall s" if ns.repeat == 1 else f"wall s (median, range of {ns.repeat})"
+    print(f"| posterior | configuration | chains x (warmup + draws) | {wall} | min bulk ESS "
           "| min ESS/s | vs Pyro NUTS | vs NumPyro (same chains) | peak RSS MiB | GPU MiB |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for posterior in ns.posteriors.split(","):
-        mine = [r for r in rows if r["posterior"] == posterior and "skipped" not in r]
+        mine = median_runs([r for r in rows if r["posterior"] == posterior and "skipped" not in r])
         base = next((r for r in mine if r["config"] == BASELINE), None)
         for r in mine:
             peer = next((p for p in mine if p["config"].startswith("numpyro")
@@ -269,8 +280,27 @@ def main() -> None:
             vs_numpyro = f"{r['ess_per_s'] / peer['ess_per_s']:.2f}x" if peer else "-"
             gpu = f"{r['gpu_peak_mib']:.0f}" if r.get("gpu_peak_mib") else "-"
             print(f"| {posterior} | {r['label']} | {r['chains']} x ({r['warmup']} + {r['draws']}) | "
-                  f"{r['wall_s']:.1f} | {r['min_ess_bulk']:.0f} | {r['ess_per_s']:.1f} | {vs_pyro} | "
+                  f"{r['wall_text']} | {r['min_ess_bulk']:.0f} | {r['ess_per_s']:.1f} | {vs_pyro} | "
                   f"{vs_numpyro} | {r['peak_rss_mib']:.0f} | {gpu} |")
+
+
+def median_runs(rows: list[dict]) -> list[dict]:
+    """One row per configuration, in first-run order: the run with the median wall time
+    (the lower middle one of an even count), its ESS/s, and the range of the runs' wall
+    times as ``wall_text`` ("7.1" for one run, "7.1 (6.8-9.8)" for several). Each run
+    uses the same seed, so the ESS is the same in every run; only the time varies."""
+    by_config: dict[str, list[dict]] = {}
+    for row in rows:
+        by_config.setdefault(row["config"], []).append(row)
+    merged = []
+    for runs in by_config.values():
+        ordered = sorted(runs, key=lambda r: r["wall_s"])
+        middle = dict(ordered[(len(ordered) - 1) // 2])
+        middle["wall_text"] = f"{middle['wall_s']:.1f}" + (
+            f" ({ordered[0]['wall_s']:.1f}-{ordered[-1]['wall_s']:.1f})" if len(runs) > 1 else "")
+        middle["peak_rss_mib"] = max(r["peak_rss_mib"] for r in runs)
+        merged.append(middle)
+    return merged
 
 
 if __name__ == "__main__":

@@ -54,7 +54,7 @@ from bayesdl.inference.nuts_leaf import (
     merge_subtree,
     start_doubling,
 )
-from bayesdl.inference.scripted_nuts import scripted_tree
+from bayesdl.inference.scripted_nuts import ScriptedNUTS, scripted_tree
 from bayesdl.inference.traced_potential import TracedGradient
 
 MOMENTUM_STREAM = 11
@@ -104,12 +104,23 @@ def nuts_transition(rng: ChainRNG, step_index: int, point: PhasePoint, step_size
     applied arithmetically where possible, and a subtree's proposal is one packed
     tensor ``[position | grad | log_density | log_weight]``. ``compiled``, when given,
     builds the whole tree in one compiled call instead
-    (:mod:`~bayesdl.inference.compiled_nuts`), to the same draws; so does ``tree``
-    (:func:`~bayesdl.inference.scripted_nuts.scripted_tree` around the traced
-    ``potential_fn``), one TorchScript call, or
-    :class:`~bayesdl.inference.graphed_nuts.GraphedTree`. ``leaves_per_check`` is this
+    (:mod:`~bayesdl.inference.compiled_nuts`), to the same draws; so does ``tree``:
+    :func:`~bayesdl.inference.scripted_nuts.scripted_tree` around the traced
+    ``potential_fn`` (the whole transition, momentum to draw, as one TorchScript call),
+    or :class:`~bayesdl.inference.graphed_nuts.GraphedTree` (the tree only). ``leaves_per_check`` is this
     loop's (a ``tree`` has its own).
     """
+    if isinstance(tree, ScriptedNUTS):  # the whole transition in one scripted call
+        counters = rng.counters(step_index, [MOMENTUM_STREAM, *range(
+            DEPTH_STREAM, DEPTH_STREAM + max_tree_depth)])
+        mass_cholesky = metric.inverse_mass if metric.mass_cholesky is None else metric.mass_cholesky
+        split = 1 + tree.early_doublings
+        (position, log_density, grad, acceptance_rate, n_steps, depth, diverging,
+         energy) = tree.run(point.position, point.log_density, point.grad, step_size,
+                            metric.inverse_mass, mass_cholesky, rng.keys, counters[:split],
+                            counters[split:])
+        return PhasePoint(position, log_density, grad), NUTSInfo(
+            acceptance_rate, n_steps, depth, diverging, energy, step_size)
     chains, dim = point.position.shape
     dtype, device = point.position.dtype, point.position.device
     # the momentum and one draw per doubling ([direction, merge, one per leaf]) in one
@@ -250,7 +261,7 @@ class NUTSKernel(HamiltonianKernel):
                 try:
                     self.tree = scripted_tree(self.traced_gradient.module, self.max_tree_depth,
                                               self.max_energy_error, position,
-                                              self.leaves_per_check)
+                                              self.leaves_per_check, EARLY_DOUBLINGS)
                 except Exception as error:  # noqa: BLE001 - TorchScript declined: from Python
                     warnings.warn(f"scripting the NUTS tree failed ({type(error).__name__}); "
                                   "building it from Python", stacklevel=2)

@@ -577,13 +577,13 @@ def test_graphed_tree_and_sparse_building_checks_take_the_same_transitions(model
 
 
 def test_nuts_runs_the_tree_as_one_call_when_the_potential_is_traced(monkeypatch):
-    """The default path scripts the tree (run by the Static Runtime where torch has
-    it); without a traced potential the Python driver builds it."""
+    """The default path scripts the whole transition, tree included (run by the Static
+    Runtime where torch has it); without a traced potential the Python driver builds it."""
     import bayesdl.inference.nuts as nuts
 
     built = built_once_when_traced(monkeypatch, nuts, "scripted_tree", "nuts", chains=2)
     if hasattr(torch._C, "_jit_to_static_module"):
-        assert isinstance(built[0], torch._C.StaticModule)
+        assert isinstance(built[0].run, torch._C.StaticModule)
 
 
 def test_a_failed_tree_script_warns_and_builds_the_tree_from_python(monkeypatch):
