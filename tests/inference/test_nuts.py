@@ -92,6 +92,76 @@ def test_leapfrog_is_reversible_and_its_energy_error_is_second_order():
     assert 3.0 < ratio < 5.0, ratio  # halving eps quarters the error
 
 
+def _reference_tree(position, momentum, grad, step, inverse_mass, potential, going_right,
+                    max_depth=10):
+    """``(leaves, depth)`` of one chain's NUTS tree written out plainly, as a check on the
+    iterative tree's checkpoints: every leaf's momentum kept in a list; a subtree
+    stops at the first leaf where an aligned block of 2, 4, ... leaves ending there has
+    turned, and the tree after a merge if the whole tree has. A block has turned when
+    the velocity at either end has a non-positive dot product with the block's momentum
+    sum less half of each end momentum (Betancourt 2017, A.4.2)."""
+
+    def turned(momenta):
+        rho = sum(momenta) - 0.5 * (momenta[0] + momenta[-1])
+        return any(float((inverse_mass * r) @ rho) <= 0 for r in (momenta[0], momenta[-1]))
+
+    edges = {True: (position, momentum, grad), False: (position, momentum, grad)}
+    tree, leaves = [momentum], 0
+    for depth in range(1, max_depth + 1):
+        forward = going_right[depth - 1]
+        x, r, g = edges[forward]
+        signed = step if forward else -step
+        subtree = []
+        for n in range(2 ** (depth - 1)):
+            r = r + 0.5 * signed * g
+            x = x + signed * inverse_mass * r
+            _, g = potential(x[None])
+            g = g[0]
+            r = r + 0.5 * signed * g
+            subtree.append(r)
+            leaves += 1
+            if any((n + 1) % size == 0 and turned(subtree[n + 1 - size:n + 1])
+                   for size in (2**j for j in range(1, depth))):
+                return leaves, depth
+        edges[forward] = (x, r, g)
+        tree = tree + subtree if forward else subtree[::-1] + tree
+        if turned(tree):
+            return leaves, depth
+    return leaves, max_depth
+
+
+def test_tree_sizes_follow_the_u_turn_criterion_leaf_by_leaf():
+    """The iterative tree (checkpointed momentum sums, per-chain masks) stops every chain
+    where the plainly written tree above does, from the same momenta and directions."""
+    from bayesdl.inference.integrator import diagonal_metric
+    from bayesdl.inference.nuts import MOMENTUM_STREAM, nuts_transition
+    from bayesdl.inference.nuts_leaf import DEPTH_STREAM
+
+    potential, mean, _ = correlated_gaussian(dim=4)
+    chains = 8
+    inverse_mass = torch.linspace(0.5, 2.0, 4, dtype=torch.float64).expand(chains, -1).clone()
+    step_size = torch.linspace(0.08, 0.3, chains, dtype=torch.float64)
+    rng = ChainRNG(list(range(1, chains + 1)))
+    position = mean + torch.randn(chains, 4, dtype=torch.float64,
+                                  generator=torch.Generator().manual_seed(3))
+    point = PhasePoint(position, *potential(position))
+    seen = set()
+    for step in range(6):
+        next_point, info = nuts_transition(rng, step, point, step_size,
+                                           diagonal_metric(inverse_mass), potential)
+        noise = torch.special.ndtri(rng.uniform(step, MOMENTUM_STREAM, (4,)))
+        momentum = noise / inverse_mass.sqrt()
+        for c in range(chains):
+            going_right = [bool(rng.uniform(step, DEPTH_STREAM + d, (2**d + 2,))[c, 0] < 0.5)
+                           for d in range(10)]
+            expected = _reference_tree(point.position[c], momentum[c], point.grad[c],
+                                       step_size[c], inverse_mass[c], potential, going_right)
+            assert (int(info.n_steps[c]), int(info.tree_depth[c])) == expected
+            seen.add(expected[1])
+        point = next_point
+    assert len(seen) >= 3  # trees of several depths were compared
+
+
 def test_dense_metric_draws_momenta_with_the_mass_matrix_as_covariance():
     _, _, cov = correlated_gaussian()
     metric = dense_metric(cov.expand(20000, 5, 5).clone())
