@@ -158,7 +158,8 @@ class ChEESKernel(HamiltonianKernel):
                 and self.traced_gradient.shape == position.shape):
             try:
                 self.trajectory = leapfrog_trajectory(self.traced_gradient.module, position,
-                                                      torch.ones_like(position), self.cuda_graph)
+                                                      torch.ones_like(position), self.cuda_graph,
+                                                      self.traced_gradient.split)
             except Exception as error:  # noqa: BLE001 - TorchScript declined: from Python
                 warnings.warn(f"scripting the leapfrog trajectory failed ({type(error).__name__}); "
                               "stepping from Python", stacklevel=2)

@@ -83,7 +83,7 @@ class HMCKernel(HamiltonianKernel):
             try:
                 self.trajectory = masked_leapfrog_trajectory(
                     self.traced_gradient.module, position, warmup.metric.inverse_mass,
-                    self.cuda_graph)
+                    self.cuda_graph, self.traced_gradient.split)
             except Exception as error:  # noqa: BLE001 - TorchScript declined: from Python
                 warnings.warn(f"scripting the HMC trajectory failed ({type(error).__name__}); "
                               "stepping from Python", stacklevel=2)

@@ -32,6 +32,7 @@ from bayesdl.inference.traced_potential import (
     agrees,
     compile_graph,
     nan_log_density_to_minus_inf,
+    output_graph,
     static_runtime,
     torchscript_module,
     trace_graph,
@@ -260,7 +261,12 @@ class BatchedPotential:
                 return None
         except Exception:  # noqa: BLE001 - any tracing limitation means: run the model
             return None
-        return fast, graph, TracedGradient(module, example.shape)
+
+        def split() -> tuple[torch.jit.ScriptModule, torch.jit.ScriptModule]:
+            return (torchscript_module(output_graph(scripted, 0), example),
+                    torchscript_module(output_graph(scripted, -1), example))
+
+        return fast, graph, TracedGradient(module, example.shape, split)
 
     # ----------------------------------------------------------------- start
     def initial_positions(

@@ -337,12 +337,19 @@ def value_graph(gm: fx.GraphModule) -> fx.GraphModule:
     """A copy of a traced ``grad_and_value`` graph that returns only the value (its last
     output): the forward part, left after dead-code elimination, so that the log density
     alone needs no second trace of the model (a trace is most of a run's set-up)."""
-    forward = copy.deepcopy(gm)
-    output = next(node for node in forward.graph.nodes if node.op == "output")
-    output.args = (output.args[0][-1],)
-    forward.graph.eliminate_dead_code()
-    forward.recompile()
-    return forward
+    return output_graph(gm, -1)
+
+
+def output_graph(gm: fx.GraphModule, index: int) -> fx.GraphModule:
+    """A copy of a graph with several outputs that returns only output ``index``, with
+    the operations only the others needed removed (dead-code elimination): the rest is
+    the same operations, so the same bits."""
+    part = copy.deepcopy(gm)
+    output = next(node for node in part.graph.nodes if node.op == "output")
+    output.args = (output.args[0][index],)
+    part.graph.eliminate_dead_code()
+    part.recompile()
+    return part
 
 
 def nan_log_density_to_minus_inf(gm: fx.GraphModule) -> None:
@@ -364,10 +371,14 @@ def nan_log_density_to_minus_inf(gm: fx.GraphModule) -> None:
 
 class TracedGradient(NamedTuple):
     """A traced ``flat -> (grad, log_density)`` as an unfrozen TorchScript module, for
-    positions of ``shape`` only: what a sampler embeds in its own scripted step."""
+    positions of ``shape`` only: what a sampler embeds in its own scripted step.
+    ``split()``, where given, builds the same graph's two halves as modules,
+    ``(flat -> grad, flat -> log_density)``: a leapfrog trajectory needs the log density
+    only at its end."""
 
     module: torch.jit.ScriptModule
     shape: torch.Size
+    split: Callable[[], tuple[torch.jit.ScriptModule, torch.jit.ScriptModule]] | None = None
 
 
 def script_graph(gm: fx.GraphModule, example: torch.Tensor) -> Callable:

@@ -32,6 +32,9 @@ import torch
 from bayesdl.inference.integrator import apply_inverse_mass
 from bayesdl.inference.traced_potential import static_runtime
 
+SplitGradient = Callable[[], tuple[torch.jit.ScriptModule, torch.jit.ScriptModule]]
+"""Builds ``(flat -> grad, flat -> log_density)`` modules from one traced gradient."""
+
 Trajectory = Callable[..., tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]
 """``(position, momentum, grad, step_size [C], inverse_mass, steps) -> (position,
 log_density, grad, momentum)`` after ``steps >= 1`` leapfrog steps; a masked one takes
@@ -58,6 +61,56 @@ class ScriptedLeapfrogs(torch.nn.Module):
             grad, log_density = self.gradient(position)
             momentum = momentum + half * grad
         return position, log_density, grad, momentum
+
+
+class ScriptedSplitLeapfrogs(torch.nn.Module):
+    """:class:`ScriptedLeapfrogs` with the gradient alone in the loop
+    (``gradient_only: flat -> grad``) and the log density once, at the end
+    (``value: flat -> log_density``): the steps before the last never needed theirs.
+    Both halves are the traced graph's own operations, so the same bits."""
+
+    def __init__(self, gradient_only: torch.jit.ScriptModule, value: torch.jit.ScriptModule):
+        super().__init__()
+        self.gradient_only = gradient_only
+        self.value = value
+
+    def forward(self, position: torch.Tensor, momentum: torch.Tensor, grad: torch.Tensor,
+                step_size: torch.Tensor, inverse_mass: torch.Tensor, steps: int):
+        half = (0.5 * step_size)[:, None]
+        step = step_size[:, None]
+        for _ in range(steps):
+            momentum = momentum + half * grad
+            position = position + step * apply_inverse_mass(inverse_mass, momentum)
+            grad = self.gradient_only(position)
+            momentum = momentum + half * grad
+        return position, self.value(position), grad, momentum
+
+
+class ScriptedMaskedSplitLeapfrogs(torch.nn.Module):
+    """:class:`ScriptedMaskedLeapfrogs` split as :class:`ScriptedSplitLeapfrogs`: the log
+    density once, at each chain's last position (kept for a chain that took no step)."""
+
+    def __init__(self, gradient_only: torch.jit.ScriptModule, value: torch.jit.ScriptModule):
+        super().__init__()
+        self.gradient_only = gradient_only
+        self.value = value
+
+    def forward(self, position: torch.Tensor, momentum: torch.Tensor, grad: torch.Tensor,
+                log_density: torch.Tensor, step_size: torch.Tensor, inverse_mass: torch.Tensor,
+                chain_steps: torch.Tensor, steps: int):
+        half = (0.5 * step_size)[:, None]
+        step = step_size[:, None]
+        for n in range(steps):
+            column = (chain_steps > n)[:, None]
+            new_momentum = momentum + half * grad
+            new_position = position + step * apply_inverse_mass(inverse_mass, new_momentum)
+            new_grad = self.gradient_only(new_position)
+            new_momentum = new_momentum + half * new_grad
+            position = torch.where(column, new_position, position)
+            momentum = torch.where(column, new_momentum, momentum)
+            grad = torch.where(column, new_grad, grad)
+        return (position, torch.where(chain_steps > 0, self.value(position), log_density),
+                grad, momentum)
 
 
 class ScriptedMaskedLeapfrogs(torch.nn.Module):
@@ -198,17 +251,21 @@ class _MaskedLeapfrogStep(torch.nn.Module):
 
 
 def leapfrog_trajectory(gradient: torch.jit.ScriptModule, position: torch.Tensor,
-                        inverse_mass: torch.Tensor, cuda_graph: bool = True) -> Trajectory:
+                        inverse_mass: torch.Tensor, cuda_graph: bool = True,
+                        split: SplitGradient | None = None) -> Trajectory:
     """The trajectory for positions shaped like ``position``: on CUDA (with
     ``cuda_graph``) a CUDA graph, or the scripted loop, with a warning, if capture
-    fails; else the scripted loop, run by the Static Runtime on CPU."""
-    return _trajectory(gradient, position, inverse_mass, cuda_graph, masked=False)
+    fails; else the scripted loop, run by the Static Runtime on CPU. With ``split``
+    (:class:`~bayesdl.inference.traced_potential.TracedGradient`'s), the scripted loop
+    evaluates the log density only after its last step."""
+    return _trajectory(gradient, position, inverse_mass, cuda_graph, False, split)
 
 
 def masked_leapfrog_trajectory(gradient: torch.jit.ScriptModule, position: torch.Tensor,
-                               inverse_mass: torch.Tensor, cuda_graph: bool = True) -> Trajectory:
+                               inverse_mass: torch.Tensor, cuda_graph: bool = True,
+                               split: SplitGradient | None = None) -> Trajectory:
     """As :func:`leapfrog_trajectory`, each chain taking its own number of steps."""
-    return _trajectory(gradient, position, inverse_mass, cuda_graph, masked=True)
+    return _trajectory(gradient, position, inverse_mass, cuda_graph, True, split)
 
 
 def graphed_leapfrogs(gradient: torch.jit.ScriptModule, position: torch.Tensor,
@@ -222,7 +279,8 @@ def graphed_leapfrogs(gradient: torch.jit.ScriptModule, position: torch.Tensor,
 
 
 def _trajectory(gradient: torch.jit.ScriptModule, position: torch.Tensor,
-                inverse_mass: torch.Tensor, cuda_graph: bool, masked: bool) -> Trajectory:
+                inverse_mass: torch.Tensor, cuda_graph: bool, masked: bool,
+                split: SplitGradient | None = None) -> Trajectory:
     if position.device.type == "cuda" and cuda_graph:
         try:
             return graphed_leapfrogs(gradient, position, inverse_mass, masked)
@@ -231,6 +289,10 @@ def _trajectory(gradient: torch.jit.ScriptModule, position: torch.Tensor,
             warnings.warn(f"capturing the leapfrog step as a CUDA graph failed "
                           f"({type(error).__name__}: {reason}); running it without",
                           stacklevel=3)
-    loop = ScriptedMaskedLeapfrogs(gradient) if masked else ScriptedLeapfrogs(gradient)
+    if split is not None:
+        halves = split()
+        loop = ScriptedMaskedSplitLeapfrogs(*halves) if masked else ScriptedSplitLeapfrogs(*halves)
+    else:
+        loop = ScriptedMaskedLeapfrogs(gradient) if masked else ScriptedLeapfrogs(gradient)
     module = torch.jit.freeze(torch.jit.script(loop).eval())
     return static_runtime(module, position)

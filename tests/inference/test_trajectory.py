@@ -57,14 +57,23 @@ def _assert_same(mine: tuple, theirs: tuple, exact: bool) -> None:
             torch.testing.assert_close(fast, plain, rtol=1e-10, atol=1e-10)
 
 
+def _split(potential, split: bool):
+    """The traced gradient's halves (gradient alone in the loop, log density at the end)
+    or None (the whole graph every step)."""
+    halves = potential.traced_gradient.split
+    assert halves is not None
+    return halves if split else None
+
+
 @pytest.mark.parametrize("model", ["eight_schools", "logistic_regression"])
 @pytest.mark.parametrize("dense", [False, True])
-def test_scripted_trajectory_equals_the_python_leapfrog_loop(model, dense):
+@pytest.mark.parametrize("split", [False, True])
+def test_scripted_trajectory_equals_the_python_leapfrog_loop(model, dense, split):
     with run_context(torch.device("cpu"), torch.float64):
         _, potential, start = _traced_for(model, chains=4, seed=0, scale=0.5)
         metric = _test_metric(potential.dim, dense)
         trajectory = leapfrog_trajectory(potential.traced_gradient.module, start,
-                                         metric.inverse_mass)
+                                         metric.inverse_mass, split=_split(potential, split))
         # signed per-chain steps, as NUTS and ChEES give them
         step_size = torch.tensor([0.05, -0.03, 0.04, 0.02], dtype=torch.float64)
         for steps in (1, 7):
@@ -97,12 +106,14 @@ def _compare_masked(trajectory, potential_fn, start, metric, step_size, exact=Tr
 
 @pytest.mark.parametrize("model", ["eight_schools", "logistic_regression"])
 @pytest.mark.parametrize("dense", [False, True])
-def test_masked_trajectory_equals_hmcs_python_loop(model, dense):
+@pytest.mark.parametrize("split", [False, True])
+def test_masked_trajectory_equals_hmcs_python_loop(model, dense, split):
     with run_context(torch.device("cpu"), torch.float64):
         _, potential, start = _traced_for(model, chains=4, seed=0, scale=0.5)
         metric = _test_metric(potential.dim, dense)
         trajectory = masked_leapfrog_trajectory(potential.traced_gradient.module, start,
-                                                metric.inverse_mass)
+                                                metric.inverse_mass,
+                                                split=_split(potential, split))
         step_size = torch.tensor([0.05, -0.03, 0.04, 0.02], dtype=torch.float64)
         _compare_masked(trajectory, potential.log_density_and_grad, start, metric, step_size)
 
