@@ -14,6 +14,11 @@ step when the chains' tensors are small. Two ways to run it as one call:
 
 Both do the arithmetic of :func:`~bayesdl.inference.integrator.leapfrog`, operation for
 operation, so the draws equal the Python loop's (a test compares them bit for bit).
+Where the traced gradient can be split (:class:`ScriptedSplitLeapfrogs`, the default on
+CPU), the scripted loop runs the gradient's half of the graph at each step and the log
+density's once, after the last: ChEES and HMC never read the others. Logistic regression,
+1024 chains: 3805 -> 2113 us per step (softplus over 583,000 logits is log-density only);
+eight schools 93 -> 72 us (2026-12-07, 2-core AMD EPYC), the same bits.
 The masked variants (:func:`masked_leapfrog_trajectory`) are static HMC's trajectory:
 each chain takes its own number of steps (``ceil(length / step_size)``) and is held
 where it stopped while the others go on, as :class:`~bayesdl.inference.hmc.HMCKernel`'s
