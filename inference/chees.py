@@ -157,9 +157,8 @@ class ChEESKernel(HamiltonianKernel):
         if (self.trajectory is None and self.traced_gradient is not None
                 and self.traced_gradient.shape == position.shape):
             try:
-                self.trajectory = leapfrog_trajectory(self.traced_gradient.module, position,
-                                                      torch.ones_like(position), self.cuda_graph,
-                                                      self.traced_gradient.split)
+                self.trajectory = leapfrog_trajectory(self.traced_gradient, position,
+                                                      torch.ones_like(position), self.cuda_graph)
             except Exception as error:  # noqa: BLE001 - TorchScript declined: from Python
                 warnings.warn(f"scripting the leapfrog trajectory failed ({type(error).__name__}); "
                               "stepping from Python", stacklevel=2)

@@ -82,8 +82,8 @@ class HMCKernel(HamiltonianKernel):
                 and self.traced_gradient.shape == position.shape):
             try:
                 self.trajectory = masked_leapfrog_trajectory(
-                    self.traced_gradient.module, position, warmup.metric.inverse_mass,
-                    self.cuda_graph, self.traced_gradient.split)
+                    self.traced_gradient, position, warmup.metric.inverse_mass,
+                    self.cuda_graph)
             except Exception as error:  # noqa: BLE001 - TorchScript declined: from Python
                 warnings.warn(f"scripting the HMC trajectory failed ({type(error).__name__}); "
                               "stepping from Python", stacklevel=2)

@@ -85,9 +85,17 @@ def sample_momentum(rng: ChainRNG, step: int, stream: int, metric: Metric,
 
 def momentum_from_noise(noise: torch.Tensor, metric: Metric) -> torch.Tensor:
     """``r ~ N(0, M)`` from standard normal ``noise [C, D]``."""
-    if metric.dense:
-        return (metric.mass_cholesky @ noise.unsqueeze(-1)).squeeze(-1)
-    return noise / metric.inverse_mass.sqrt()
+    return scale_noise(noise, metric.inverse_mass, metric.mass_cholesky)
+
+
+def scale_noise(noise: torch.Tensor, inverse_mass: torch.Tensor,
+                mass_cholesky: torch.Tensor | None) -> torch.Tensor:
+    """:func:`momentum_from_noise` on plain tensors (also inside scripted code);
+    ``mass_cholesky`` is read only for a dense ``inverse_mass [C, D, D]``."""
+    if inverse_mass.dim() == 3:
+        assert mass_cholesky is not None
+        return torch.matmul(mass_cholesky, noise.unsqueeze(-1)).squeeze(-1)
+    return noise / inverse_mass.sqrt()
 
 
 def leapfrog(point: PhasePoint, momentum: torch.Tensor, step_size: torch.Tensor, metric: Metric,
@@ -103,8 +111,15 @@ def leapfrog(point: PhasePoint, momentum: torch.Tensor, step_size: torch.Tensor,
 
 def hamiltonian(point: PhasePoint, momentum: torch.Tensor, metric: Metric) -> torch.Tensor:
     """``-log p + K``; NaN becomes +inf (an infinitely bad point)."""
-    energy = kinetic_energy(momentum, metric) - point.log_density
-    return torch.nan_to_num(energy, nan=math.inf, posinf=math.inf, neginf=-math.inf)
+    return energy_of(point.log_density, momentum, metric.inverse_mass)
+
+
+def energy_of(log_density: torch.Tensor, momentum: torch.Tensor,
+              inverse_mass: torch.Tensor) -> torch.Tensor:
+    """:func:`hamiltonian` on plain tensors (also inside scripted code)."""
+    kinetic = 0.5 * (momentum * apply_inverse_mass(inverse_mass, momentum)).sum(-1)
+    return torch.nan_to_num(kinetic - log_density, nan=math.inf, posinf=math.inf,
+                            neginf=-math.inf)
 
 
 def select_point(mask: torch.Tensor, new: PhasePoint, old: PhasePoint) -> PhasePoint:

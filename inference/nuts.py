@@ -114,12 +114,11 @@ def nuts_transition(rng: ChainRNG, step_index: int, point: PhasePoint, step_size
     if isinstance(tree, ScriptedNUTS):  # the whole transition in one scripted call
         counters = rng.counters(step_index, [MOMENTUM_STREAM, *range(
             DEPTH_STREAM, DEPTH_STREAM + max_tree_depth)])
-        mass_cholesky = metric.inverse_mass if metric.mass_cholesky is None else metric.mass_cholesky
         split = 1 + tree.early_doublings
         (position, log_density, grad, acceptance_rate, n_steps, depth, diverging,
          energy) = tree.run(point.position, point.log_density, point.grad, step_size,
-                            metric.inverse_mass, mass_cholesky, rng.keys, counters[:split],
-                            counters[split:])
+                            metric.inverse_mass, metric.mass_cholesky, rng.keys,
+                            counters[:split], counters[split:])
         return PhasePoint(position, log_density, grad), NUTSInfo(
             acceptance_rate, n_steps, depth, diverging, energy, step_size)
     chains, dim = point.position.shape

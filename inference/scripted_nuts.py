@@ -33,7 +33,7 @@ from collections.abc import Callable
 import torch
 
 from bayesdl.inference.counter_rng import _stream_columns, _uniform_grid, _uniform_streams
-from bayesdl.inference.integrator import apply_inverse_mass
+from bayesdl.inference.integrator import apply_inverse_mass, energy_of, scale_noise
 from bayesdl.inference.nuts_leaf import leaf_update, merge_subtree, start_doubling
 from bayesdl.inference.traced_potential import static_runtime
 
@@ -118,7 +118,8 @@ class ScriptedTransition(torch.nn.Module):
     :func:`~bayesdl.inference.nuts.nuts_transition`'s Python around the tree:
     ``early_counters`` are the counters of the momentum stream and the first
     ``early_doublings`` doublings' streams, ``later_counters`` those of the rest;
-    ``mass_cholesky`` is read only for a dense metric (``inverse_mass [C, D, D]``)."""
+    ``mass_cholesky`` is read only for a dense metric (``inverse_mass [C, D, D]``), as
+    :func:`~bayesdl.inference.integrator.scale_noise`."""
 
     def __init__(self, tree: ScriptedTree, dim: int, early_doublings: int):
         super().__init__()
@@ -131,21 +132,17 @@ class ScriptedTransition(torch.nn.Module):
 
     def forward(self, position: torch.Tensor, log_density: torch.Tensor, grad: torch.Tensor,
                 step_size: torch.Tensor, inverse_mass: torch.Tensor,
-                mass_cholesky: torch.Tensor, keys: torch.Tensor, early_counters: list[int],
+                mass_cholesky: torch.Tensor | None, keys: torch.Tensor,
+                early_counters: list[int],
                 later_counters: list[int]):
         """``(position, log_density, grad, acceptance_rate, n_steps, depth, diverging,
         energy)`` of the draw, as :func:`~bayesdl.inference.nuts.nuts_transition`."""
         counters = torch.tensor(early_counters, dtype=torch.int64, device=keys.device)
         block = _uniform_streams(keys, counters, self.column_stream, self.column_element)
         pieces = block.split(self.sizes, dim=1)
-        noise = torch.special.ndtri(pieces[0]).to(position.dtype)
-        if inverse_mass.dim() == 3:
-            momentum = torch.matmul(mass_cholesky, noise.unsqueeze(-1)).squeeze(-1)
-        else:
-            momentum = noise / inverse_mass.sqrt()
-        kinetic = 0.5 * (momentum * apply_inverse_mass(inverse_mass, momentum)).sum(-1)
-        energy0 = torch.nan_to_num(kinetic - log_density, nan=float("inf"),
-                                   posinf=float("inf"), neginf=-float("inf"))
+        momentum = scale_noise(torch.special.ndtri(pieces[0]).to(position.dtype),
+                               inverse_mass, mass_cholesky)
+        energy0 = energy_of(log_density, momentum, inverse_mass)
         early_uniforms = [piece.to(position.dtype) for piece in pieces[1:]]
         proposal, accept_sum, n_steps, depth, diverging = self.tree(
             position, log_density, grad, momentum, energy0, step_size, inverse_mass, keys,

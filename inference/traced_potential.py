@@ -372,13 +372,12 @@ def nan_log_density_to_minus_inf(gm: fx.GraphModule) -> None:
 class TracedGradient(NamedTuple):
     """A traced ``flat -> (grad, log_density)`` as an unfrozen TorchScript module, for
     positions of ``shape`` only: what a sampler embeds in its own scripted step.
-    ``split()``, where given, builds the same graph's two halves as modules,
-    ``(flat -> grad, flat -> log_density)``: a leapfrog trajectory needs the log density
-    only at its end."""
+    ``split()`` builds the same graph's two halves as modules, ``(flat -> grad,
+    flat -> log_density)``: a leapfrog trajectory needs the log density only at its end."""
 
     module: torch.jit.ScriptModule
     shape: torch.Size
-    split: Callable[[], tuple[torch.jit.ScriptModule, torch.jit.ScriptModule]] | None = None
+    split: Callable[[], tuple[torch.jit.ScriptModule, torch.jit.ScriptModule]]
 
 
 def script_graph(gm: fx.GraphModule, example: torch.Tensor) -> Callable:

@@ -14,11 +14,11 @@ step when the chains' tensors are small. Two ways to run it as one call:
 
 Both do the arithmetic of :func:`~bayesdl.inference.integrator.leapfrog`, operation for
 operation, so the draws equal the Python loop's (a test compares them bit for bit).
-Where the traced gradient can be split (:class:`ScriptedSplitLeapfrogs`, the default on
-CPU), the scripted loop runs the gradient's half of the graph at each step and the log
-density's once, after the last: ChEES and HMC never read the others. Logistic regression,
-1024 chains: 3805 -> 2113 us per step (softplus over 583,000 logits is log-density only);
-eight schools 93 -> 72 us (2026-12-07, 2-core AMD EPYC), the same bits.
+The scripted loop runs the gradient's half of the traced graph at each step and the
+log density's once, after the last (ChEES and HMC never read the others): logistic
+regression, 1024 chains, 3805 -> 2113 us per step against the whole graph every step
+(softplus over 583,000 logits is log-density only); eight schools 93 -> 72 us
+(2026-12-07, 2-core AMD EPYC), the same bits.
 The masked variants (:func:`masked_leapfrog_trajectory`) are static HMC's trajectory:
 each chain takes its own number of steps (``ceil(length / step_size)``) and is held
 where it stopped while the others go on, as :class:`~bayesdl.inference.hmc.HMCKernel`'s
@@ -35,10 +35,7 @@ from collections.abc import Callable
 import torch
 
 from bayesdl.inference.integrator import apply_inverse_mass
-from bayesdl.inference.traced_potential import static_runtime
-
-SplitGradient = Callable[[], tuple[torch.jit.ScriptModule, torch.jit.ScriptModule]]
-"""Builds ``(flat -> grad, flat -> log_density)`` modules from one traced gradient."""
+from bayesdl.inference.traced_potential import TracedGradient, static_runtime
 
 Trajectory = Callable[..., tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]
 """``(position, momentum, grad, step_size [C], inverse_mass, steps) -> (position,
@@ -48,31 +45,11 @@ steps)`` and moves chain ``c`` ``chain_steps[c] <= steps`` times."""
 
 
 class ScriptedLeapfrogs(torch.nn.Module):
-    """``steps`` leapfrog steps of signed size ``step_size [C]``; ``gradient`` is the
-    traced ``flat -> (grad, log_density)`` with NaN already -inf."""
-
-    def __init__(self, gradient: torch.jit.ScriptModule):
-        super().__init__()
-        self.gradient = gradient
-
-    def forward(self, position: torch.Tensor, momentum: torch.Tensor, grad: torch.Tensor,
-                step_size: torch.Tensor, inverse_mass: torch.Tensor, steps: int):
-        half = (0.5 * step_size)[:, None]
-        step = step_size[:, None]
-        log_density = torch.empty_like(step_size)
-        for _ in range(steps):
-            momentum = momentum + half * grad
-            position = position + step * apply_inverse_mass(inverse_mass, momentum)
-            grad, log_density = self.gradient(position)
-            momentum = momentum + half * grad
-        return position, log_density, grad, momentum
-
-
-class ScriptedSplitLeapfrogs(torch.nn.Module):
-    """:class:`ScriptedLeapfrogs` with the gradient alone in the loop
-    (``gradient_only: flat -> grad``) and the log density once, at the end
-    (``value: flat -> log_density``): the steps before the last never needed theirs.
-    Both halves are the traced graph's own operations, so the same bits."""
+    """``steps`` leapfrog steps of signed size ``step_size [C]``, the traced gradient's
+    halves inside: the gradient alone at each step (``gradient_only: flat -> grad``) and
+    the log density once, at the end (``value: flat -> log_density``), as the steps
+    before the last never need theirs. Both halves are the traced graph's own
+    operations, so the same bits as the whole graph."""
 
     def __init__(self, gradient_only: torch.jit.ScriptModule, value: torch.jit.ScriptModule):
         super().__init__()
@@ -91,9 +68,10 @@ class ScriptedSplitLeapfrogs(torch.nn.Module):
         return position, self.value(position), grad, momentum
 
 
-class ScriptedMaskedSplitLeapfrogs(torch.nn.Module):
-    """:class:`ScriptedMaskedLeapfrogs` split as :class:`ScriptedSplitLeapfrogs`: the log
-    density once, at each chain's last position (kept for a chain that took no step)."""
+class ScriptedMaskedLeapfrogs(torch.nn.Module):
+    """``steps`` leapfrog steps, chain ``c`` moving only in its first ``chain_steps[c]``;
+    the log density once, at each chain's last position (kept for a chain that took no
+    step), as in :class:`ScriptedLeapfrogs`."""
 
     def __init__(self, gradient_only: torch.jit.ScriptModule, value: torch.jit.ScriptModule):
         super().__init__()
@@ -116,25 +94,6 @@ class ScriptedMaskedSplitLeapfrogs(torch.nn.Module):
             grad = torch.where(column, new_grad, grad)
         return (position, torch.where(chain_steps > 0, self.value(position), log_density),
                 grad, momentum)
-
-
-class ScriptedMaskedLeapfrogs(torch.nn.Module):
-    """``steps`` leapfrog steps, chain ``c`` moving only in its first ``chain_steps[c]``."""
-
-    def __init__(self, gradient: torch.jit.ScriptModule):
-        super().__init__()
-        self.step = _MaskedLeapfrogStep(gradient)
-
-    def forward(self, position: torch.Tensor, momentum: torch.Tensor, grad: torch.Tensor,
-                log_density: torch.Tensor, step_size: torch.Tensor, inverse_mass: torch.Tensor,
-                chain_steps: torch.Tensor, steps: int):
-        half = (0.5 * step_size)[:, None]
-        step = step_size[:, None]
-        for n in range(steps):
-            position, momentum, grad, log_density = self.step(
-                position, momentum, grad, log_density, half, step, inverse_mass,
-                chain_steps > n)
-        return position, log_density, grad, momentum
 
 
 class GraphedLeapfrogs:
@@ -255,22 +214,19 @@ class _MaskedLeapfrogStep(torch.nn.Module):
                 torch.where(moving, new_log_density, log_density))
 
 
-def leapfrog_trajectory(gradient: torch.jit.ScriptModule, position: torch.Tensor,
-                        inverse_mass: torch.Tensor, cuda_graph: bool = True,
-                        split: SplitGradient | None = None) -> Trajectory:
+def leapfrog_trajectory(traced: TracedGradient, position: torch.Tensor,
+                        inverse_mass: torch.Tensor, cuda_graph: bool = True) -> Trajectory:
     """The trajectory for positions shaped like ``position``: on CUDA (with
-    ``cuda_graph``) a CUDA graph, or the scripted loop, with a warning, if capture
-    fails; else the scripted loop, run by the Static Runtime on CPU. With ``split``
-    (:class:`~bayesdl.inference.traced_potential.TracedGradient`'s), the scripted loop
-    evaluates the log density only after its last step."""
-    return _trajectory(gradient, position, inverse_mass, cuda_graph, False, split)
+    ``cuda_graph``) a CUDA graph of one step of ``traced.module``, or the scripted loop,
+    with a warning, if capture fails; else the scripted loop over ``traced.split()``'s
+    halves, run by the Static Runtime on CPU."""
+    return _trajectory(traced, position, inverse_mass, cuda_graph, masked=False)
 
 
-def masked_leapfrog_trajectory(gradient: torch.jit.ScriptModule, position: torch.Tensor,
-                               inverse_mass: torch.Tensor, cuda_graph: bool = True,
-                               split: SplitGradient | None = None) -> Trajectory:
+def masked_leapfrog_trajectory(traced: TracedGradient, position: torch.Tensor,
+                               inverse_mass: torch.Tensor, cuda_graph: bool = True) -> Trajectory:
     """As :func:`leapfrog_trajectory`, each chain taking its own number of steps."""
-    return _trajectory(gradient, position, inverse_mass, cuda_graph, True, split)
+    return _trajectory(traced, position, inverse_mass, cuda_graph, masked=True)
 
 
 def graphed_leapfrogs(gradient: torch.jit.ScriptModule, position: torch.Tensor,
@@ -283,21 +239,17 @@ def graphed_leapfrogs(gradient: torch.jit.ScriptModule, position: torch.Tensor,
     return GraphedLeapfrogs(scripted_step, position, inverse_mass, masked=masked, capture=capture)
 
 
-def _trajectory(gradient: torch.jit.ScriptModule, position: torch.Tensor,
-                inverse_mass: torch.Tensor, cuda_graph: bool, masked: bool,
-                split: SplitGradient | None = None) -> Trajectory:
+def _trajectory(traced: TracedGradient, position: torch.Tensor, inverse_mass: torch.Tensor,
+                cuda_graph: bool, masked: bool) -> Trajectory:
     if position.device.type == "cuda" and cuda_graph:
         try:
-            return graphed_leapfrogs(gradient, position, inverse_mass, masked)
+            return graphed_leapfrogs(traced.module, position, inverse_mass, masked)
         except Exception as error:  # noqa: BLE001 - capture declined: one launch per op
             reason = str(error).splitlines()[0][:160] if str(error) else ""
             warnings.warn(f"capturing the leapfrog step as a CUDA graph failed "
                           f"({type(error).__name__}: {reason}); running it without",
                           stacklevel=3)
-    if split is not None:
-        halves = split()
-        loop = ScriptedMaskedSplitLeapfrogs(*halves) if masked else ScriptedSplitLeapfrogs(*halves)
-    else:
-        loop = ScriptedMaskedLeapfrogs(gradient) if masked else ScriptedLeapfrogs(gradient)
+    halves = traced.split()
+    loop = ScriptedMaskedLeapfrogs(*halves) if masked else ScriptedLeapfrogs(*halves)
     module = torch.jit.freeze(torch.jit.script(loop).eval())
     return static_runtime(module, position)

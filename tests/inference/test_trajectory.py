@@ -57,23 +57,13 @@ def _assert_same(mine: tuple, theirs: tuple, exact: bool) -> None:
             torch.testing.assert_close(fast, plain, rtol=1e-10, atol=1e-10)
 
 
-def _split(potential, split: bool):
-    """The traced gradient's halves (gradient alone in the loop, log density at the end)
-    or None (the whole graph every step)."""
-    halves = potential.traced_gradient.split
-    assert halves is not None
-    return halves if split else None
-
-
 @pytest.mark.parametrize("model", ["eight_schools", "logistic_regression"])
 @pytest.mark.parametrize("dense", [False, True])
-@pytest.mark.parametrize("split", [False, True])
-def test_scripted_trajectory_equals_the_python_leapfrog_loop(model, dense, split):
+def test_scripted_trajectory_equals_the_python_leapfrog_loop(model, dense):
     with run_context(torch.device("cpu"), torch.float64):
         _, potential, start = _traced_for(model, chains=4, seed=0, scale=0.5)
         metric = _test_metric(potential.dim, dense)
-        trajectory = leapfrog_trajectory(potential.traced_gradient.module, start,
-                                         metric.inverse_mass, split=_split(potential, split))
+        trajectory = leapfrog_trajectory(potential.traced_gradient, start, metric.inverse_mass)
         # signed per-chain steps, as NUTS and ChEES give them
         step_size = torch.tensor([0.05, -0.03, 0.04, 0.02], dtype=torch.float64)
         for steps in (1, 7):
@@ -106,14 +96,12 @@ def _compare_masked(trajectory, potential_fn, start, metric, step_size, exact=Tr
 
 @pytest.mark.parametrize("model", ["eight_schools", "logistic_regression"])
 @pytest.mark.parametrize("dense", [False, True])
-@pytest.mark.parametrize("split", [False, True])
-def test_masked_trajectory_equals_hmcs_python_loop(model, dense, split):
+def test_masked_trajectory_equals_hmcs_python_loop(model, dense):
     with run_context(torch.device("cpu"), torch.float64):
         _, potential, start = _traced_for(model, chains=4, seed=0, scale=0.5)
         metric = _test_metric(potential.dim, dense)
-        trajectory = masked_leapfrog_trajectory(potential.traced_gradient.module, start,
-                                                metric.inverse_mass,
-                                                split=_split(potential, split))
+        trajectory = masked_leapfrog_trajectory(potential.traced_gradient, start,
+                                                metric.inverse_mass)
         step_size = torch.tensor([0.05, -0.03, 0.04, 0.02], dtype=torch.float64)
         _compare_masked(trajectory, potential.log_density_and_grad, start, metric, step_size)
 
@@ -224,7 +212,7 @@ def test_cuda_graph_trajectory_equals_the_python_leapfrog_loop(model):
         metric = _test_metric(potential.dim, False)
         metric = metric._replace(inverse_mass=metric.inverse_mass[:1].expand(1024, -1)
                                  .contiguous().to(device))
-        trajectory = leapfrog_trajectory(potential.traced_gradient.module, start,
+        trajectory = leapfrog_trajectory(potential.traced_gradient, start,
                                          metric.inverse_mass)
         assert isinstance(trajectory, GraphedLeapfrogs)
         step_size = torch.full((1024,), 0.01, dtype=torch.float64, device=device)
@@ -250,7 +238,7 @@ def test_cuda_graph_masked_trajectory_equals_hmcs_python_loop():
         metric = _test_metric(potential.dim, False)
         metric = metric._replace(inverse_mass=metric.inverse_mass[:1].expand(1024, -1)
                                  .contiguous().to(device))
-        trajectory = masked_leapfrog_trajectory(potential.traced_gradient.module, start,
+        trajectory = masked_leapfrog_trajectory(potential.traced_gradient, start,
                                                 metric.inverse_mass)
         assert isinstance(trajectory, GraphedLeapfrogs)
         step_size = torch.full((1024,), 0.05, dtype=torch.float64, device=device)
