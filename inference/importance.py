@@ -23,7 +23,6 @@ import warnings
 from dataclasses import dataclass
 from typing import NamedTuple
 
-import arviz as az
 import numpy as np
 import torch
 
@@ -70,6 +69,8 @@ def summarise_log_weights(log_weights: torch.Tensor) -> WeightSummary:
 
 def pareto_k(log_weights: torch.Tensor) -> np.ndarray:
     """PSIS Pareto shape of the weights' upper tail per run (``[..., N]`` -> ``[...]``)."""
+    import arviz as az  # at use: importing it costs seconds that listing methods need not pay
+
     flat = log_weights.detach().cpu().reshape(-1, log_weights.shape[-1]).numpy()
     ks = []
     for row in flat:
