@@ -8,7 +8,11 @@ CPU whatever its size, which is most of a small model's gradient. The rewrites:
 
 - *Affine chains*: a run of single-use ``+ c``, ``- c``, ``* c``, ``/ c`` and negations
   applied to one tensor (``c`` a number or a constant tensor) becomes at most one
-  multiplication and one addition, with the constants combined at trace time.
+  multiplication and one addition (``c - x`` where the scale is -1), with the
+  constants combined at trace time.
+- *Softplus gradients*: ``softplus_backward(g, x)`` is ``g * sigmoid(x)``, which then
+  joins the affine chain around it: a logistic likelihood's gradient is ``y -
+  sigmoid(x)``, one pass over the logits where it was two and a read of ``g``.
 - *Sums*: a tree of single-use additions and subtractions becomes a chain over its
   non-constant terms plus one combined constant (the log density is a sum of many
   terms, each carrying its normalising constants); a constant or a negation inside a
@@ -71,6 +75,13 @@ class _Constants:
             return self.values and bool((value == 1).all())
         return value is None or value == 1.0
 
+    def is_minus_one(self, value: Constant | None) -> bool:
+        """Whether a scale is the number -1 or (only when values may count) a tensor of
+        -1s, which :meth:`node` writes as the number."""
+        if isinstance(value, torch.Tensor):
+            return self.values and value.numel() > 0 and bool((value == -1).all())
+        return value == -1.0
+
     def is_zero(self, value: Constant | None) -> bool:
         """Whether an offset is the number 0 or (only when values may count) zeros."""
         if isinstance(value, torch.Tensor):
@@ -97,10 +108,16 @@ class _Constants:
             if (self.values and flat.numel() > 0 and bool((flat == flat[0]).all())
                     and torch.broadcast_shapes(value.shape, like.shape) == like.shape):
                 return float(flat[0])
-            while hasattr(self.gm, f"_algebra_{self.count}"):
-                self.count += 1
-            name = f"_algebra_{self.count}"
-            self.gm.register_buffer(name, value.to(like.dtype).contiguous())
+            stored = value.to(like.dtype).contiguous()
+            # a constant of the graph itself (an offset carried unchanged) keeps its
+            # buffer: TorchScript refuses one tensor under two names
+            name = next((name for name, buffer in self.gm.named_buffers() if buffer is stored),
+                        None)
+            if name is None:
+                while hasattr(self.gm, f"_algebra_{self.count}"):
+                    self.count += 1
+                name = f"_algebra_{self.count}"
+                self.gm.register_buffer(name, stored)
             with self.gm.graph.inserting_before(before):
                 constant = self.gm.graph.get_attr(name)
             constant.meta["val"] = value
@@ -208,7 +225,10 @@ def _compose_affine_chains(gm: fx.GraphModule, constants: _Constants) -> None:
         affine.source = replaced.get(affine.source, affine.source)
         if affine.offset is not None and constants.is_zero(affine.offset):
             affine.offset = None  # constants that cancel (their shape is checked below)
+        negated = constants.is_minus_one(affine.scale)
         needed = (not constants.is_one(affine.scale)) + (affine.offset is not None)
+        if negated and affine.offset is not None:
+            needed = 1  # c - x
         if needed >= affine.operations:
             continue
         if needed == 0:  # x + 0, x * 1 and the like
@@ -227,6 +247,17 @@ def _compose_affine_chains(gm: fx.GraphModule, constants: _Constants) -> None:
         if _shape_of(*parts) != result.shape:
             continue
         current: object = affine.source
+        if negated and affine.offset is not None:  # c - x: what -x + c rounds to, one step
+            offset = constants.node(affine.offset, result, node)
+            with gm.graph.inserting_before(node):
+                if isinstance(offset, float):
+                    current = gm.graph.call_function(aten.rsub.Scalar, (current, offset))
+                else:
+                    current = gm.graph.call_function(aten.sub.Tensor, (offset, current))
+            current.meta["val"] = _stand_in(result.shape, result)
+            node.replace_all_uses_with(current)
+            replaced[node] = current
+            continue
         with gm.graph.inserting_before(node):  # (constants.node keeps this place)
             if not constants.is_one(affine.scale):
                 scale = constants.node(affine.scale, result, node)
@@ -505,6 +536,38 @@ def _fused_product_sums(gm: fx.GraphModule) -> None:
     gm.graph.eliminate_dead_code()
 
 
+# ----------------------------------------------------------------- softplus gradients
+SIGMOID_ROUNDS_TO_ONE = 37.0
+"""Above this, ``sigmoid(x) = 1 / (1 + exp(-x))`` is 1 to float64 (and float32) rounding."""
+
+
+def _sigmoid_softplus_gradients(gm: fx.GraphModule) -> None:
+    """``softplus_backward(g, x, 1, threshold)`` becomes ``g * sigmoid(x)`` where the
+    threshold is at least :data:`SIGMOID_ROUNDS_TO_ONE` (so that above it both are
+    ``g``): the same derivative, rounded differently in the last bit below it. The
+    backward kernel reads ``g``, a constant as large as the data in a log density's
+    gradient, and divides; ``sigmoid`` does not, and the product then folds into the
+    affine chain around it (a logistic likelihood's ``y - sigmoid(x)``): logistic
+    regression's gradient, 1024 chains, 5570 -> 4614 us per call (2026-12-08, 2-core
+    AMD EPYC, Static Runtime)."""
+    for node in list(gm.graph.nodes):
+        if (node.op != "call_function" or node.target is not aten.softplus_backward.default
+                or len(node.args) != 4 or node.kwargs or not _floating(node)):
+            continue
+        upstream, logits, beta, threshold = node.args
+        result, logits_value = _val(node), _val(logits)
+        if (beta != 1 or float(threshold) < SIGMOID_ROUNDS_TO_ONE or logits_value is None
+                or logits_value.shape != result.shape or logits_value.dtype != result.dtype):
+            continue
+        with gm.graph.inserting_before(node):
+            sigmoid = gm.graph.call_function(aten.sigmoid.default, (logits,))
+            scaled = gm.graph.call_function(aten.mul.Tensor, (upstream, sigmoid))
+        sigmoid.meta["val"] = _stand_in(logits_value.shape, result)
+        scaled.meta["val"] = result
+        node.replace_all_uses_with(scaled)
+    gm.graph.eliminate_dead_code()
+
+
 # ----------------------------------------------------------------- impossible masks
 _NONNEGATIVE = {aten.exp.default, aten.sigmoid.default, aten.softplus.default,
                 aten.abs.default, aten.sqrt.default, aten.relu.default}
@@ -579,6 +642,7 @@ def simplify_algebra(gm: fx.GraphModule, values: bool = False) -> None:
     """
     constants = _Constants(gm, values)
     _drop_impossible_masks(gm, constants)
+    _sigmoid_softplus_gradients(gm)
     _untranspose_products(gm, constants)
     _batched_vector_products(gm, constants)
     _compose_affine_chains(gm, constants)

@@ -249,6 +249,51 @@ def test_a_tensor_plus_a_product_becomes_one_addmm():
     assert "aten.mm.default" not in ops, ops
 
 
+def test_a_softplus_gradient_becomes_a_sigmoid_and_folds_with_its_offset():
+    """A logistic likelihood ``sum(y x - softplus(x))`` (threshold 50, as the traced
+    Bernoulli likelihood) has the gradient ``y - sigmoid(x)``: one ``sigmoid`` and one
+    subtraction, no ``softplus_backward`` reading a constant as large as the data. Its
+    values equal torch's autograd to 1e-12 also far in the tails, where the threshold
+    switches; a softplus with torch's default threshold (20, below where a sigmoid
+    rounds to 1) keeps its own derivative."""
+    from torch.func import grad_and_value, vmap
+
+    generator = torch.Generator().manual_seed(4)
+    data = torch.randn(9, 3, dtype=DTYPE, generator=generator)
+    labels = (torch.rand(9, dtype=DTYPE, generator=generator) > 0.5).to(DTYPE)
+
+    def log_likelihood(weights, threshold=50.0):
+        logits = data @ weights
+        return (labels * logits - torch.nn.functional.softplus(logits, 1.0, threshold)).sum()
+
+    gradient = vmap(grad_and_value(log_likelihood))
+    example = torch.zeros(4, 3, dtype=DTYPE)
+    ops = _check(gradient, example)
+    assert "aten.softplus_backward.default" not in ops and "aten.sigmoid.default" in ops, ops
+    assert "aten.neg.default" not in ops, ops
+    graph = trace_graph(gradient, example)
+    tails = torch.tensor([[800.0, 0.0, 0.0], [-800.0, 0.0, 0.0], [60.0, -1.0, 0.5],
+                          [49.9 / data[0, 0].item(), 0.0, 0.0]], dtype=DTYPE)
+    for mine, theirs in zip(graph(tails), gradient(tails), strict=True):
+        torch.testing.assert_close(mine, theirs, rtol=1e-12, atol=1e-12)
+    default = _check(vmap(grad_and_value(lambda w: log_likelihood(w, 20.0))), example)
+    assert "aten.softplus_backward.default" in default, default
+
+
+def test_a_negation_with_an_offset_is_one_subtraction():
+    """``-(x - k)`` (an affine chain with scale -1 and an offset) is ``k - x``, one
+    operation, bit for bit what the negation and the addition gave."""
+    offset = torch.linspace(-1.0, 2.0, 5, dtype=DTYPE)
+
+    def shifted(x):
+        return (-(x - offset)).sum(-1) + (-(x + 1.5)).prod(-1)
+
+    ops = _check(shifted, torch.zeros(3, 5, dtype=DTYPE))
+    assert "aten.neg.default" not in ops, ops
+    point = torch.randn(3, 5, dtype=DTYPE, generator=torch.Generator().manual_seed(6))
+    assert torch.equal(trace_graph(shifted, point)(point), shifted(point))
+
+
 def test_a_nan_log_density_reads_as_minus_inf_and_infinities_stay():
     """The traced graph's NaN -> -inf step (one ``nan_to_num``) leaves +-inf and finite
     values as they are."""
