@@ -225,10 +225,9 @@ def _compose_affine_chains(gm: fx.GraphModule, constants: _Constants) -> None:
         affine.source = replaced.get(affine.source, affine.source)
         if affine.offset is not None and constants.is_zero(affine.offset):
             affine.offset = None  # constants that cancel (their shape is checked below)
-        negated = constants.is_minus_one(affine.scale)
-        needed = (not constants.is_one(affine.scale)) + (affine.offset is not None)
-        if negated and affine.offset is not None:
-            needed = 1  # c - x
+        subtract = constants.is_minus_one(affine.scale) and affine.offset is not None
+        needed = 1 if subtract else (  # c - x
+            (not constants.is_one(affine.scale)) + (affine.offset is not None))
         if needed >= affine.operations:
             continue
         if needed == 0:  # x + 0, x * 1 and the like
@@ -247,7 +246,7 @@ def _compose_affine_chains(gm: fx.GraphModule, constants: _Constants) -> None:
         if _shape_of(*parts) != result.shape:
             continue
         current: object = affine.source
-        if negated and affine.offset is not None:  # c - x: what -x + c rounds to, one step
+        if subtract:  # c - x: what -x + c rounds to, in one step
             offset = constants.node(affine.offset, result, node)
             with gm.graph.inserting_before(node):
                 if isinstance(offset, float):

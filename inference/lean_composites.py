@@ -5,7 +5,8 @@ expands them into elementary operations before a tracer sees them, and autograd 
 differentiates each of those. ``binary_cross_entropy_with_logits`` (what
 ``Bernoulli(logits=...).log_prob`` calls, i.e. every logistic likelihood) becomes 12
 operations forward and 20 more for its gradient, where ``softplus(x) - y x`` is 3
-forward and 3 backward (``softplus`` has its own derivative kernel). On CPU each
+forward and 3 backward (``softplus`` has its own derivative, which
+:mod:`~bayesdl.inference.graph_algebra` then writes as a ``sigmoid``). On CPU each
 operation of a traced graph costs about a microsecond whatever its size, and in
 compiled code each one is more to generate, so the shorter form makes the logistic
 regression potential's graph 45 -> ~30 operations.
